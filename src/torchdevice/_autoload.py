@@ -1,0 +1,149 @@
+"""The import hook: patch torch right after its first import.
+
+``install()`` is what ``import torchdevice`` (and so the autoload ``.pth``)
+runs. If torch is already imported it activates at once; otherwise it puts one
+``_TorchFinder`` on ``sys.meta_path``. The finder answers only for the names in
+its hook table (one dict lookup for every other import), asks the other finders
+for the real spec, and wraps the real loader: after torch's own
+``exec_module`` has finished, the hook runs, the module's ``__loader__`` is set
+back to the real loader, and the finder removes itself once no hooks are left.
+An error from torch's own import propagates untouched and nothing is patched.
+
+This module imports only the standard library and never imports torch itself.
+Reloading torch is unsupported.
+"""
+import os
+import sys
+from _thread import RLock
+
+_lock = RLock()
+_hooks = {}  # module name -> callback(module)
+_TRUE_WORDS = ("1", "true", "yes", "on")  # core.config.TRUE_WORDS; tests check they agree
+
+
+def _find_spec_elsewhere(finder, name, path, target):
+    for other in list(sys.meta_path):
+        if other is finder:
+            continue
+        find_spec = getattr(other, "find_spec", None)
+        if find_spec is None:
+            continue
+        spec = find_spec(name, path, target)
+        if spec is not None:
+            return spec
+    return None
+
+
+class _ChainedLoader:
+    """Runs the real loader, then the post-import hook for the module."""
+
+    def __init__(self, loader, name):
+        self._loader = loader
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(self._loader, attr)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        hook = _hooks.get(self._name)
+        if self._name == "torch":
+            _check_config()  # a bad variable fails before torch starts loading
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None:
+            spec.loader = self._loader
+        with _lock:
+            _hooks.pop(self._name, None)
+            if not _hooks:
+                uninstall()
+        if hook is not None:
+            hook(module)
+
+
+class _TorchFinder:
+    """Meta-path finder that fires the hooks of ``when_imported``."""
+
+    _torchdevice_finder = True
+
+    def __init__(self):
+        self._busy = set()
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _hooks or name in self._busy:
+            return None
+        self._busy.add(name)
+        try:
+            spec = _find_spec_elsewhere(self, name, path, target)
+        finally:
+            self._busy.discard(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ChainedLoader(spec.loader, name)
+        return spec
+
+    def invalidate_caches(self):
+        pass
+
+
+def _our_finders():
+    return [f for f in sys.meta_path if getattr(f, "_torchdevice_finder", False)]
+
+
+def when_imported(name, callback):
+    """Run ``callback(module)`` once ``name`` has been imported (now, if it is)."""
+    module = sys.modules.get(name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        callback(module)
+        return
+    with _lock:
+        _hooks[name] = callback
+        if not _our_finders():
+            sys.meta_path.insert(0, _TorchFinder())
+
+
+def uninstall():
+    """Take the finder off ``sys.meta_path`` and drop pending hooks' finder."""
+    with _lock:
+        for finder in _our_finders():
+            sys.meta_path.remove(finder)
+
+
+def is_installed():
+    return bool(_our_finders())
+
+
+def _check_config():
+    from .core import config
+
+    config.load()
+
+
+def _activate_from_hook(module):
+    from .core import patch
+    from .core.config import ConfigError
+
+    try:
+        patch.activate()
+    except ConfigError:
+        raise
+    except Exception:
+        if patch.active_config() is not None and patch.active_config().strict:
+            raise
+        from .core.logger import get_logger
+
+        get_logger().warning("torchdevice could not activate; torch runs unpatched", exc_info=True)
+
+
+def install():
+    """Arm the hook (or activate now if torch is loaded). Idempotent.
+
+    Does nothing when TORCHDEVICE_DISABLE is set to a true value. Any other
+    value is checked when torch is imported, where a bad one raises ConfigError
+    (raising here would be swallowed by site.py's .pth handling).
+    """
+    if os.environ.get("TORCHDEVICE_DISABLE", "").strip().lower() in _TRUE_WORDS:
+        return
+    when_imported("torch", _activate_from_hook)

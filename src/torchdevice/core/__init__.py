@@ -1,0 +1,1 @@
+"""Core machinery: configuration, logging, backend detection, the patch registry."""

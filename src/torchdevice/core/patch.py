@@ -1,0 +1,411 @@
+"""The patch registry: every change torchdevice makes to torch goes through here.
+
+Area modules (``ops/...``) declare their changes as ``Patch`` records and end
+with an ``apply_patches()`` that hands them to ``REGISTRY.apply_area``. The
+registry resolves each dotted target at apply time, keeps the exact original
+(the raw object from the owner's own ``__dict__``, or ``MISSING`` when the owner
+did not define the name itself), sets the replacement, and can put every
+original back by identity. An area applies all or none: if one record fails,
+the records of that area already set are restored before the error propagates.
+
+``activate()`` runs the areas in ``AREAS`` order, each isolated: a failing area
+is logged once as a WARNING and marked failed (its dependants are skipped), the
+others still apply, and ``import torch`` still succeeds. ``strict=True`` (or
+``TORCHDEVICE_STRICT=1``) re-raises instead; the tests always run strict.
+
+Our own code reaches torch's real functions through ``REGISTRY.original()``,
+never through the patched public names.
+"""
+import importlib
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+
+from . import config as _config
+from .logger import configure as _configure_logging
+from .logger import get_logger
+
+log = get_logger("patch")
+
+# Area name -> module that declares it. Order is application order:
+# - device first: every other area maps device specs through it;
+# - cuda (torch.cuda device queries) before random/memory/streams, which read
+#   the current index it keeps;
+# - amp, nn and distributed last: they build on redirected tensors and devices.
+AREAS: Dict[str, str] = {
+    "device": "torchdevice.ops.device.redirect",
+    "cuda": "torchdevice.ops.device.cuda",
+    "random": "torchdevice.ops.random.generators",
+    "memory": "torchdevice.ops.memory.management",
+    "streams": "torchdevice.ops.streams.cuda",
+    "amp": "torchdevice.ops.amp",
+    "nn": "torchdevice.ops.nn",
+    "distributed": "torchdevice.ops.distributed",
+}
+# An area is skipped when an area it needs failed or was switched off.
+assert tuple(AREAS) == _config.AREAS, "core/config.py AREAS and core/patch.py AREAS disagree"
+DEPENDS: Dict[str, Tuple[str, ...]] = {
+    "amp": ("device",),
+    "nn": ("device",),
+    "distributed": ("device",),
+}
+
+# Coverage classes (docs/cuda-coverage.md, `torchdevice coverage`).
+REDIRECTED = "redirected"   # runs the target's equivalent
+EMULATED = "emulated"       # behaviour rebuilt on the target (e.g. event timing measured)
+NOOP = "no-op"              # nothing to do on the target; returns what CUDA code expects
+UNSUPPORTED = "unsupported"  # raises a clear error naming the API, the target and what to do
+KINDS = (REDIRECTED, EMULATED, NOOP, UNSUPPORTED)
+
+
+class _Missing:
+    """Marker for 'the owner did not define this attribute itself'."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "MISSING"
+
+    def __bool__(self):
+        return False
+
+
+MISSING = _Missing()
+MARK = "__torchdevice_patch__"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One change: set ``owner.name`` to ``make(current value)``.
+
+    ``owner`` is a dotted path resolved when the area applies (declaring a record
+    imports nothing). ``make`` receives the value the owner currently exposes
+    (``MISSING`` if none) and returns the replacement. ``create`` allows setting
+    a name the owner lacks; otherwise a missing target is skipped and listed in
+    ``status()``. With ``key``, the owner is a dict and ``key()`` names the entry.
+    ``kind`` classifies the replacement for the coverage table; ``note`` says in
+    a few words what it does there.
+    """
+
+    owner: str
+    name: str
+    make: Callable[[Any], Any]
+    kind: str = REDIRECTED
+    create: bool = False
+    key: Optional[Callable[[], Hashable]] = None
+    note: str = ""
+
+    @property
+    def target(self) -> str:
+        return f"{self.owner}.{self.name}"
+
+
+@dataclass
+class _Applied:
+    record: Patch
+    owner: Any
+    slot: Hashable      # attribute name, or dict key
+    raw: Any            # what the owner held itself before (or MISSING)
+    original: Any       # the value code saw before (what make() received)
+    replacement: Any    # what we stored
+
+
+@dataclass
+class AreaState:
+    name: str
+    state: str = "pending"   # applied | failed | disabled | skipped | unpatched | passthrough
+    applied: List[_Applied] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "state": self.state,
+            "applied": [a.record.target for a in self.applied],
+            "skipped": [{"target": t, "reason": r} for t, r in self.skipped],
+            "reason": self.reason,
+        }
+
+
+class _Absent(LookupError):
+    """The target does not exist in the running torch."""
+
+
+def resolve(path: str) -> Any:
+    """Resolve a dotted path through already-imported modules and attributes.
+
+    Imports nothing: a module that is not loaded yet raises ``_Absent``.
+    """
+    parts = path.split(".")
+    obj = sys.modules.get(parts[0])
+    if obj is None:
+        raise _Absent(f"{parts[0]} is not imported")
+    for i, part in enumerate(parts[1:], start=2):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            module = sys.modules.get(".".join(parts[:i]))
+            if module is None:
+                raise _Absent(f"{'.'.join(parts[:i])} does not exist in this torch") from None
+            obj = module
+    return obj
+
+
+def _raw(owner: Any, name: str) -> Any:
+    """The object ``owner`` itself stores under ``name`` (not inherited), or MISSING."""
+    try:
+        namespace = vars(owner)
+    except TypeError:
+        return MISSING
+    return namespace.get(name, MISSING)
+
+
+def _mark(replacement: Any, original: Any) -> None:
+    try:
+        setattr(replacement, MARK, True)
+        if original is not MISSING and not hasattr(replacement, "__wrapped__"):
+            replacement.__wrapped__ = original
+    except (AttributeError, TypeError):
+        pass  # builtins and slotted objects cannot carry marks; identity still identifies them
+
+
+class Registry:
+    """Applies, reports and undoes patch records, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._areas: Dict[str, AreaState] = {}
+        self._order: List[str] = []
+        self._by_target: Dict[Tuple[int, Hashable], _Applied] = {}
+
+    # -- applying ---------------------------------------------------------
+    def apply_area(self, area: str, records) -> AreaState:
+        """Apply ``records`` as area ``area``, once. All or none."""
+        with self._lock:
+            current = self._areas.get(area)
+            if current is not None and current.state == "applied":
+                return current
+            state = AreaState(area)
+            try:
+                for record in records:
+                    self._apply_one(state, record)
+            except BaseException as exc:
+                for applied in reversed(state.applied):
+                    self._restore(applied)
+                state.applied.clear()
+                state.state = "failed"
+                state.reason = f"{type(exc).__name__}: {exc}"
+                self._set_state(state)
+                raise
+            state.state = "applied"
+            self._set_state(state)
+            return state
+
+    def _apply_one(self, state: AreaState, record: Patch) -> None:
+        if record.kind not in KINDS:
+            raise ValueError(f"{record.target}: kind {record.kind!r} is not one of {KINDS}")
+        try:
+            owner = resolve(record.owner)
+        except _Absent as exc:
+            state.skipped.append((record.target, str(exc)))
+            log.debug("skip %s: %s", record.target, exc)
+            return
+        if record.key is not None:
+            slot = record.key()
+            raw = owner.get(slot, MISSING)
+            original = raw
+        else:
+            slot = record.name
+            raw = _raw(owner, slot)
+            original = getattr(owner, slot, MISSING)
+            if original is MISSING and not record.create:
+                reason = f"{record.name} does not exist in this torch"
+                state.skipped.append((record.target, reason))
+                log.debug("skip %s: %s", record.target, reason)
+                return
+        ident = (id(owner), slot)
+        if ident in self._by_target:
+            other = self._by_target[ident]
+            raise RuntimeError(f"{record.target} is already patched by another record ({other.record.target})")
+        replacement = record.make(original)
+        _mark(replacement, original)
+        stored = staticmethod(replacement) if isinstance(raw, staticmethod) else replacement
+        if record.key is not None:
+            owner[slot] = stored
+        else:
+            setattr(owner, slot, stored)
+        applied = _Applied(record, owner, slot, raw, original, stored)
+        state.applied.append(applied)
+        self._by_target[ident] = applied
+
+    def _restore(self, applied: _Applied) -> bool:
+        owner, slot = applied.owner, applied.slot
+        self._by_target.pop((id(owner), slot), None)
+        keyed = applied.record.key is not None
+        current = owner.get(slot, MISSING) if keyed else _raw(owner, slot)
+        if current is not applied.replacement:
+            log.warning("not restoring %s: it was replaced after torchdevice patched it", applied.record.target)
+            return False
+        if applied.raw is MISSING:
+            if keyed:
+                del owner[slot]
+            else:
+                delattr(owner, slot)
+        elif keyed:
+            owner[slot] = applied.raw
+        else:
+            setattr(owner, slot, applied.raw)
+        return True
+
+    def _set_state(self, state: AreaState) -> None:
+        self._areas[state.name] = state
+        if state.name not in self._order:
+            self._order.append(state.name)
+
+    def mark(self, area: str, state: str, reason: str = "") -> None:
+        """Record an area that was not applied (disabled, skipped, passthrough)."""
+        with self._lock:
+            self._set_state(AreaState(area, state=state, reason=reason))
+
+    # -- undoing ----------------------------------------------------------
+    def unpatch(self) -> None:
+        """Restore every patched attribute to its identical original, newest first."""
+        with self._lock:
+            for area in reversed(self._order):
+                state = self._areas[area]
+                if state.state != "applied":
+                    continue
+                for applied in reversed(state.applied):
+                    self._restore(applied)
+                state.applied.clear()
+                state.state = "unpatched"
+            self._areas.clear()
+            self._order.clear()
+
+    # -- queries ----------------------------------------------------------
+    def state(self, area: str) -> Optional[AreaState]:
+        return self._areas.get(area)
+
+    def is_applied(self, area: str) -> bool:
+        state = self._areas.get(area)
+        return state is not None and state.state == "applied"
+
+    def applied_records(self):
+        """Every record now in effect, with its area."""
+        with self._lock:
+            return [(area, a) for area in self._order for a in self._areas[area].applied]
+
+    def is_patched(self, owner: str, name: str) -> bool:
+        try:
+            obj = resolve(owner)
+        except _Absent:
+            return False
+        return (id(obj), name) in self._by_target
+
+    def original(self, owner: str, name: str) -> Any:
+        """What ``owner.name`` was before torchdevice patched it (or is now, if unpatched)."""
+        obj = resolve(owner)
+        applied = self._by_target.get((id(obj), name))
+        return applied.original if applied is not None else getattr(obj, name)
+
+    def report(self) -> Dict[str, Dict[str, Any]]:
+        with self._lock:
+            return {area: self._areas[area].describe() for area in self._order}
+
+
+REGISTRY = Registry()
+
+_activation_lock = threading.RLock()
+_active_config: Optional[_config.Config] = None
+
+
+def active_config() -> Optional[_config.Config]:
+    """The configuration of the current activation (None when not active)."""
+    return _active_config
+
+
+def activate(config: Optional[_config.Config] = None, strict: Optional[bool] = None) -> Dict[str, Any]:
+    """Apply every enabled area against the loaded torch; return ``status()``.
+
+    Idempotent: areas already applied are left alone. With the same config a
+    second call changes nothing; a different config while active only warns
+    (call ``unpatch()`` first to switch).
+    """
+    global _active_config
+    from . import device as _device
+
+    with _activation_lock:
+        cfg = config if config is not None else _config.load()
+        if strict is not None:
+            cfg = cfg.with_overrides(strict=strict)
+        _configure_logging(cfg.log_level)
+        if _active_config is not None and _active_config != cfg:
+            log.warning("torchdevice is already active with another configuration; keeping it "
+                        "(call torchdevice.unpatch() before patching with new settings)")
+            return status()
+        target = _device.select(cfg)
+        _active_config = cfg
+        if not target.redirect:
+            for area in AREAS:
+                REGISTRY.mark(area, "passthrough", target.reason)
+            log.debug("pass-through: %s", target.reason)
+            return status()
+        for area, module_name in AREAS.items():
+            if REGISTRY.is_applied(area):
+                continue
+            if area in cfg.disabled_areas:
+                REGISTRY.mark(area, "disabled", f"{_config.DISABLE_PATCHES} lists it")
+                continue
+            missing = [dep for dep in DEPENDS.get(area, ()) if not REGISTRY.is_applied(dep)]
+            if missing:
+                REGISTRY.mark(area, "skipped", f"needs area(s) {', '.join(missing)}, which did not apply")
+                continue
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if not (exc.name and module_name.startswith(exc.name)):
+                    raise
+                REGISTRY.mark(area, "skipped", "not implemented in this release")
+                continue
+            try:
+                module.apply_patches()
+            except Exception as exc:
+                if cfg.strict:
+                    raise
+                log.warning("patch area %r failed and was rolled back (%s: %s); the other areas still apply",
+                            area, type(exc).__name__, exc)
+                log.debug("area %r failure", area, exc_info=True)
+        log.debug("active: target %s (%s)", target.device, target.reason)
+        return status()
+
+
+def deactivate() -> None:
+    """Undo every patch (``torchdevice.unpatch()``)."""
+    global _active_config
+    from . import device as _device
+
+    with _activation_lock:
+        REGISTRY.unpatch()
+        _active_config = None
+        _device.reset()
+
+
+def status() -> Dict[str, Any]:
+    """A structured description of what torchdevice did in this process."""
+    from . import device as _device
+
+    target = _device.current()
+    cfg = _active_config
+    return {
+        "active": cfg is not None,
+        "target": None if target is None else str(target.device),
+        "redirect": bool(target and target.redirect),
+        "reason": None if target is None else target.reason,
+        "areas": REGISTRY.report(),
+    }

@@ -1,0 +1,1 @@
+"""Device areas: redirection of CUDA specs (redirect.py) and the torch.cuda device API (cuda.py)."""

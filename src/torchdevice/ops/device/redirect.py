@@ -1,0 +1,375 @@
+"""Area "device": CUDA tensors, modules, devices and checkpoints land on the target.
+
+What it patches (all through core/patch.py):
+
+* ``torch.device`` becomes a stand-in type: calling it maps CUDA specs to the
+  target and returns a real ``torch.device``; ``isinstance``/``issubclass``,
+  annotations, ``Optional[torch.device]``, ``torch.device | str``, pickling
+  (torch pickles devices by looking ``torch.device`` up) and hashing keep working.
+  ``torch.Generator`` gets the same treatment.
+* Every function of the ``torch`` namespace (and ``torch.fft``) that takes a
+  keyword ``device``, found from torch's operator schemas and builtin
+  signatures at apply time, and the ``Tensor.new_*`` methods.
+* ``Tensor.to``/``cuda``/``pin_memory``/``is_pinned``/``type``, storage
+  ``.cuda()``, ``torch.set_default_device``, ``torch.load`` (checkpoints saved on
+  a GPU load without ``map_location``), legacy ``torch.cuda.FloatTensor``-style
+  types. ``nn.Module.to/cuda/to_empty`` follow from the tensor patches.
+
+Wrappers capture the target when the area applies. Per call they do one dict
+lookup for the device argument and nothing at all when there is none.
+"""
+import functools
+import re
+import sys
+
+import torch
+
+from ...core import device as _device
+from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch
+
+AREA = "device"
+_MISS = object()
+_RealDevice = torch._C.device
+_RealGenerator = torch._C.Generator
+
+# Functions that take a device but are found neither in the operator schemas
+# nor by their builtin signature (Python-level functions).
+_EXTRA_FACTORIES = (
+    ("torch", "asarray"),
+    ("torch.nested", "nested_tensor"),
+    ("torch.nested", "as_nested_tensor"),
+    ("torch.nested", "nested_tensor_from_jagged"),
+)
+_SIGNATURE = re.compile(r"\*,.*\bdevice\b")
+
+
+@functools.lru_cache(maxsize=None)
+def device_functions():
+    """(owner, name, takes_pin_memory) for every public factory-like function
+    of this torch that accepts a keyword ``device``."""
+    found = {}
+    variable_functions = torch._C._VariableFunctions
+    for schema in torch._C._jit_get_all_schemas():
+        base = schema.name.partition("::")[2]
+        if base.startswith("_") or not any(a.name == "device" and a.kwarg_only for a in schema.arguments):
+            continue
+        pin = any(a.name == "pin_memory" for a in schema.arguments)
+        first = schema.arguments[0].name if schema.arguments else ""
+        if hasattr(variable_functions, base) and hasattr(torch, base):
+            found[("torch", base)] = found.get(("torch", base), False) or pin
+        elif base.startswith("fft_") and hasattr(torch.fft, base[4:]):
+            found[("torch.fft", base[4:])] = pin
+        if first == "self" and base.startswith("new_") and hasattr(torch.Tensor, base):
+            found[("torch.Tensor", base)] = found.get(("torch.Tensor", base), False) or pin
+    for name in dir(variable_functions):
+        if name.startswith("_") or ("torch", name) in found or not hasattr(torch, name):
+            continue
+        doc = (getattr(variable_functions, name).__doc__ or "").strip().split("\n", 1)[0]
+        if _SIGNATURE.search(doc):
+            found[("torch", name)] = "pin_memory" in doc
+    for owner, name in _EXTRA_FACTORIES:
+        module = sys.modules.get(owner)
+        if module is not None and hasattr(module, name):
+            found.setdefault((owner, name), False)
+    return tuple(sorted((owner, name, pin) for (owner, name), pin in found.items()))
+
+
+# -- wrappers -------------------------------------------------------------------
+def _factory(original, strip_pin_memory):
+    cache_get = _device.DEVICE_CACHE.get
+    resolve = _device.map_device
+
+    if strip_pin_memory:
+        def factory(*args, **kwargs):
+            if kwargs:
+                spec = kwargs.get("device")
+                if spec is not None:
+                    try:
+                        mapped = cache_get(spec, _MISS)
+                    except TypeError:
+                        mapped = _MISS
+                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
+                if kwargs.get("pin_memory"):
+                    kwargs["pin_memory"] = False  # the target has no page-locked host memory
+            return original(*args, **kwargs)
+    else:
+        def factory(*args, **kwargs):
+            if kwargs:
+                spec = kwargs.get("device")
+                if spec is not None:
+                    try:
+                        mapped = cache_get(spec, _MISS)
+                    except TypeError:
+                        mapped = _MISS
+                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
+            return original(*args, **kwargs)
+    return functools.wraps(original)(factory)
+
+
+def _tensor_to(original):
+    cache_get = _device.DEVICE_CACHE.get
+    resolve = _device.map_device
+
+    def to(self, *args, **kwargs):
+        if args:
+            first = args[0]
+            try:
+                mapped = cache_get(first, _MISS)
+            except TypeError:
+                mapped = first
+            if mapped is _MISS:
+                mapped = resolve(first)
+            if mapped is not first:
+                args = (mapped,) + args[1:]
+        if kwargs:
+            spec = kwargs.get("device")
+            if spec is not None:
+                mapped = cache_get(spec, _MISS)
+                kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
+        return original(self, *args, **kwargs)
+    return functools.wraps(original)(to)
+
+
+def _check_cuda_arg(api, spec):
+    """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices."""
+    if spec is not None and not _device.is_cuda_spec(spec):
+        torch_spec = _RealDevice(spec) if isinstance(spec, str) else spec
+        raise RuntimeError(f"{api}: Invalid device, must be cuda device (got {torch_spec!r})")
+
+
+def _tensor_cuda(target):
+    preserve = torch.preserve_format
+    to_cpu = torch._C.TensorBase.cpu
+    to_device = torch._C.TensorBase.to
+    target_device = target.device
+
+    if target.type == "cpu":
+        def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            if memory_format is preserve:
+                return to_cpu(self)
+            return to_cpu(self, memory_format=memory_format)
+    else:
+        def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            return to_device(self, target_device, non_blocking=non_blocking, memory_format=memory_format)
+    cuda.__doc__ = torch._C.TensorBase.cuda.__doc__
+    return cuda
+
+
+def _pin_memory(original):
+    def pin_memory(self, device=None):
+        return self  # nothing to pin: the target reads host memory directly
+    return functools.wraps(original)(pin_memory)
+
+
+def _is_pinned(original):
+    def is_pinned(self, device=None):
+        return False
+    return functools.wraps(original)(is_pinned)
+
+
+_LEGACY_PREFIX = "torch.cuda."
+
+
+def _legacy_cpu_name(dtype):
+    """'torch.cuda.FloatTensor' (or the legacy class) -> 'torch.FloatTensor', else None."""
+    if isinstance(dtype, str):
+        return "torch." + dtype[len(_LEGACY_PREFIX):] if dtype.startswith(_LEGACY_PREFIX) else None
+    return getattr(dtype, "_torchdevice_cpu_name", None)
+
+
+def _tensor_type(original, target):
+    def type(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None:
+            return original(self)
+        cpu_name = _legacy_cpu_name(dtype)
+        if cpu_name is None:
+            return original(self, dtype, non_blocking, **kwargs)
+        return original(self, cpu_name, non_blocking).to(target.device)
+    return functools.wraps(original)(type)
+
+
+def _storage_cuda(target):
+    def cuda(self, device=None, non_blocking=False):
+        _check_cuda_arg("Storage.cuda", device)
+        if target.type == "cpu":
+            return self.cpu()
+        return self.to(device=target.device, non_blocking=non_blocking)
+    return cuda
+
+
+class _TypeStandIn(type):
+    """Metaclass of the stand-ins for torch.device and torch.Generator.
+
+    The stand-in is what ``torch.device`` names while patched: calling it
+    returns a real object of the original C type; instance and subclass checks,
+    attribute reads and ``|`` unions answer for the original type.
+    """
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, cls._torchdevice_real)
+
+    def __subclasscheck__(cls, sub):
+        return sub is cls or issubclass(sub, cls._torchdevice_real)
+
+    def __getattr__(cls, name):
+        return getattr(cls._torchdevice_real, name)
+
+
+def _stand_in(real, call, doc=None):
+    namespace = {
+        "__module__": "torch",
+        "__qualname__": real.__name__,
+        "__doc__": doc or real.__doc__,
+        "_torchdevice_real": real,
+    }
+    meta = type("_StandInMeta", (_TypeStandIn,), {"__call__": call})
+    return meta(real.__name__, (), namespace)
+
+
+def _device_type(original):
+    cache_get = _device.DEVICE_CACHE.get
+    target_device = _device.current().device
+
+    def __call__(cls, *args, **kwargs):
+        if not kwargs and len(args) == 1:
+            try:
+                mapped = cache_get(args[0], _MISS)
+            except TypeError:
+                mapped = _MISS
+            if type(mapped) is _RealDevice:
+                return mapped
+        made = _RealDevice(*args, **kwargs)
+        return target_device if made.type == "cuda" else made
+    return _stand_in(_RealDevice, __call__)
+
+
+def _generator_type(original):
+    resolve = _device.map_device
+
+    def __call__(cls, device="cpu"):
+        return _RealGenerator(resolve(device))
+    return _stand_in(_RealGenerator, __call__)
+
+
+def _set_default_device(original):
+    resolve = _device.map_device
+
+    def set_default_device(device):
+        return original(resolve(device))
+    return functools.wraps(original)(set_default_device)
+
+
+# -- torch.load -----------------------------------------------------------------
+def _map_location(spec, target):
+    """Rewrite a torch.load map_location so CUDA-tagged storages land on the target."""
+    restore = REGISTRY.original("torch.serialization", "default_restore_location")
+
+    def move(storage):
+        return storage.cpu() if target.type == "cpu" else storage.to(device=target.device)
+
+    if spec is None:
+        def to_target(storage, location):
+            return move(storage) if location.startswith("cuda") else None
+        return to_target
+    if isinstance(spec, dict):
+        table = dict(spec)
+
+        def by_table(storage, location):
+            location = table.get(location, location)
+            location = str(location) if isinstance(location, _RealDevice) else location
+            return move(storage) if location.startswith("cuda") else restore(storage, location)
+        return by_table
+    if callable(spec) and not isinstance(spec, (str, _RealDevice)):
+        def by_function(storage, location):
+            result = spec(storage, location)
+            if result is None and location.startswith("cuda"):
+                return move(storage)
+            return result
+        return by_function
+    if isinstance(spec, (str, _RealDevice, int)):
+        return _device.map_device(spec)
+    return spec
+
+
+def _load(original):
+    target = _device.current()
+
+    def load(f, map_location=None, *args, **kwargs):
+        return original(f, _map_location(map_location, target), *args, **kwargs)
+    return functools.wraps(original)(load)
+
+
+# -- legacy torch.cuda.<Type>Tensor / <Type>Storage ------------------------------------
+class _LegacyType(type):
+    """torch.cuda.FloatTensor and friends: build on the target, check by dtype and device."""
+
+    def __call__(cls, *args, **kwargs):
+        kwargs.pop("device", None)
+        made = cls._torchdevice_cpu(*args, **kwargs)
+        return made if cls._torchdevice_target.type == "cpu" else made.to(cls._torchdevice_target.device)
+
+    def __instancecheck__(cls, obj):
+        return (isinstance(obj, cls._torchdevice_base) and obj.dtype == cls._torchdevice_dtype
+                and obj.device.type == cls._torchdevice_target.type)
+
+    def __getattr__(cls, name):
+        return getattr(cls._torchdevice_cpu, name)
+
+
+def _legacy_type(name, target):
+    def make(original):
+        cpu_type = getattr(torch, name)
+        base = torch.Tensor if name.endswith("Tensor") else torch.storage._StorageBase
+        dtype = cpu_type.dtype if base is torch.Tensor else None
+        return _LegacyType(name, (), {
+            "__module__": "torch.cuda",
+            "__qualname__": name,
+            "__doc__": f"Legacy CUDA type: builds a {cpu_type.__name__} on the torchdevice target.",
+            "_torchdevice_cpu": cpu_type,
+            "_torchdevice_cpu_name": f"torch.{name}",
+            "_torchdevice_base": base,
+            "_torchdevice_dtype": dtype,
+            "_torchdevice_target": target,
+        })
+    return make
+
+
+def _legacy_names():
+    return sorted(name for name in vars(torch.cuda)
+                  if (name.endswith("Tensor") or name.endswith("Storage")) and name[0].isupper()
+                  and name not in ("Tensor", "TypedStorage", "UntypedStorage") and hasattr(torch, name))
+
+
+# -- records ----------------------------------------------------------------------------
+def records():
+    target = _device.current()
+    out = [
+        Patch("torch", "device", _device_type, note="CUDA specs give the target device"),
+        Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
+        Patch("torch.Tensor", "to", _tensor_to),
+        Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target)),
+        Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
+              note="returns the tensor: the target reads host memory directly"),
+        Patch("torch.Tensor", "is_pinned", _is_pinned, kind=NOOP, note="False: no pinned memory on the target"),
+        Patch("torch.Tensor", "type", lambda original: _tensor_type(original, target)),
+        Patch("torch.UntypedStorage", "cuda", lambda original: _storage_cuda(target)),
+        Patch("torch.storage.TypedStorage", "cuda", lambda original: _storage_cuda(target)),
+        Patch("torch", "set_default_device", _set_default_device),
+        Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),
+        Patch("torch.serialization", "load", _load),
+    ]
+    for owner, name, pin in device_functions():
+        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=pin and not target.pinned_memory)))
+    for name in _legacy_names():
+        out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
+                         note="legacy type built on the target"))
+    return out
+
+
+def apply_patches():
+    """Apply the device area (fenced: a second call changes nothing)."""
+    return REGISTRY.apply_area(AREA, records())

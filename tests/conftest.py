@@ -1,0 +1,45 @@
+"""Shared fixtures.
+
+The test process runs with TORCHDEVICE_DISABLE=1 (tox sets it), so importing
+torch here patches nothing by itself; tests activate explicitly and strictly
+with the ``patched`` fixture, and check the autoload path in subprocesses and
+fresh virtual environments (tests/test_autoload.py).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import torch  # noqa: F401
+import torchdevice
+
+
+@pytest.fixture
+def patched():
+    """torchdevice active (strict) for one test, then fully undone."""
+    torchdevice.unpatch()
+    status = torchdevice.patch(strict=True, device="cpu")
+    yield status
+    torchdevice.unpatch()
+
+
+@pytest.fixture
+def unpatched():
+    torchdevice.unpatch()
+    yield
+    torchdevice.unpatch()
+
+
+def clean_env(**overrides):
+    """os.environ without TORCHDEVICE_* variables, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHDEVICE_")}
+    env.update(overrides)
+    return env
+
+
+def run_python(code, python=sys.executable, env=None, args=(), cwd=None, timeout=300):
+    """Run ``code`` (dedented) in a fresh interpreter; return the CompletedProcess."""
+    return subprocess.run([python, "-c", textwrap.dedent(code), *args], env=env if env is not None else clean_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
