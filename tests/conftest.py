@@ -43,3 +43,19 @@ def run_python(code, python=sys.executable, env=None, args=(), cwd=None, timeout
     """Run ``code`` (dedented) in a fresh interpreter; return the CompletedProcess."""
     return subprocess.run([python, "-c", textwrap.dedent(code), *args], env=env if env is not None else clean_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def wheel_python(tmp_path_factory):
+    """python of a fresh venv with torchdevice pip-installed from this checkout (autoload active)."""
+    import venvs
+
+    return venvs.create(tmp_path_factory.mktemp("wheel") / "venv", editable=False)
+
+
+@pytest.fixture(scope="session")
+def editable_python(tmp_path_factory):
+    """python of a fresh venv with torchdevice installed with ``pip install -e``."""
+    import venvs
+
+    return venvs.create(tmp_path_factory.mktemp("editable") / "venv", editable=True)

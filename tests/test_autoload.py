@@ -22,16 +22,6 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="session")
-def wheel_python(tmp_path_factory):
-    return venvs.create(tmp_path_factory.mktemp("wheel") / "venv", editable=False)
-
-
-@pytest.fixture(scope="session")
-def editable_python(tmp_path_factory):
-    return venvs.create(tmp_path_factory.mktemp("editable") / "venv", editable=True)
-
-
 def run_json(python, code=PATCHED, **env):
     result = run_python(code, python=python, env=clean_env(**env))
     assert result.returncode == 0, result.stderr

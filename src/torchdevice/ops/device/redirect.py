@@ -18,6 +18,7 @@ What it patches (all through core/patch.py):
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
 """
+import dataclasses
 import functools
 import re
 import sys
@@ -25,7 +26,7 @@ import sys
 import torch
 
 from ...core import device as _device
-from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch
+from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch, active_config
 
 AREA = "device"
 _MISS = object()
@@ -67,6 +68,11 @@ def device_functions():
         doc = (getattr(variable_functions, name).__doc__ or "").strip().split("\n", 1)[0]
         if _SIGNATURE.search(doc):
             found[("torch", name)] = "pin_memory" in doc
+    for name in dir(torch._C.TensorBase):
+        if name.startswith("new_") and ("torch.Tensor", name) not in found:
+            doc = (getattr(torch._C.TensorBase, name).__doc__ or "").strip().split("\n", 1)[0]
+            if _SIGNATURE.search(doc):
+                found[("torch.Tensor", name)] = "pin_memory" in doc
     for owner, name in _EXTRA_FACTORIES:
         module = sys.modules.get(owner)
         if module is not None and hasattr(module, name):
@@ -131,7 +137,11 @@ def _tensor_to(original):
 
 
 def _check_cuda_arg(api, spec):
-    """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices."""
+    """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices.
+
+    A device object that ``torch.device("cuda")`` returned passes: it *is* the
+    target while redirecting.
+    """
     if spec is not None and not _device.is_cuda_spec(spec):
         torch_spec = _RealDevice(spec) if isinstance(spec, str) else spec
         raise RuntimeError(f"{api}: Invalid device, must be cuda device (got {torch_spec!r})")
@@ -232,7 +242,7 @@ def _stand_in(real, call, doc=None):
 
 def _device_type(original):
     cache_get = _device.DEVICE_CACHE.get
-    target_device = _device.current().device
+    resolve = _device.map_device
 
     def __call__(cls, *args, **kwargs):
         if not kwargs and len(args) == 1:
@@ -243,7 +253,7 @@ def _device_type(original):
             if type(mapped) is _RealDevice:
                 return mapped
         made = _RealDevice(*args, **kwargs)
-        return target_device if made.type == "cuda" else made
+        return resolve(made) if made.type == "cuda" else made
     return _stand_in(_RealDevice, __call__)
 
 
@@ -344,6 +354,136 @@ def _legacy_names():
                   and name not in ("Tensor", "TypedStorage", "UntypedStorage") and hasattr(torch, name))
 
 
+# -- float64 on targets without it (MPS) -------------------------------------------------
+# These layers wrap the plain wrappers above, and only when the target cannot
+# compute in float64, so the CPU path never pays for them. Only tensors headed
+# to the target because code asked for CUDA are touched: an explicit "mps"
+# request gets torch's own behaviour.
+_NARROW = {torch.float64: torch.float32, torch.complex128: torch.complex64}
+_DATA_FACTORIES = {"tensor", "as_tensor", "asarray"}
+
+
+class _Float64Policy:
+    """TORCHDEVICE_MPS_FLOAT64: downcast (default), cpu, or error."""
+
+    def __init__(self, target, mode):
+        self.target = target
+        self.mode = mode
+
+    def place(self, api, dtype):
+        """(device, dtype) to use for a ``dtype`` tensor headed to the target."""
+        narrow = _NARROW.get(dtype)
+        if narrow is None:
+            return self.target.device, dtype
+        if self.mode == "cpu":
+            return _RealDevice("cpu"), dtype
+        if self.mode == "error":
+            raise TypeError(f"{api}: {dtype} is not supported on {self.target.type} (the CUDA device this program "
+                            f"asked for maps to {self.target.device}); use float32, or set "
+                            f"TORCHDEVICE_MPS_FLOAT64=downcast or =cpu")
+        from ...core.logger import warn_once
+
+        warn_once(("float64", dtype), f"torchdevice: {dtype} is not supported on {self.target.type}; tensors "
+                  f"sent to the CUDA device are stored as {narrow} (TORCHDEVICE_MPS_FLOAT64=cpu keeps them on the "
+                  f"CPU instead)", stacklevel=4)
+        return self.target.device, narrow
+
+    def move(self, api, tensor, non_blocking=False):
+        device, dtype = self.place(api, tensor.dtype)
+        return torch._C.TensorBase.to(tensor, device, dtype, non_blocking=non_blocking)
+
+
+def _narrow_factory(name, policy):
+    def make(inner):
+        def factory(*args, **kwargs):
+            spec = kwargs.get("device")
+            if spec is None or not _device.is_cuda_spec(spec):
+                return inner(*args, **kwargs)
+            dtype = kwargs.get("dtype")
+            if dtype is None and name in _DATA_FACTORIES:
+                kwargs["device"] = "cpu"
+                return policy.move(name, inner(*args, **kwargs))
+            if dtype is None:
+                dtype = torch.get_default_dtype() if name not in ("arange", "randint", "randperm") else None
+            device, narrowed = policy.place(f"torch.{name}", dtype)
+            kwargs["device"] = device
+            if narrowed is not dtype:
+                kwargs["dtype"] = narrowed
+            return inner(*args, **kwargs)
+        return functools.wraps(inner)(factory)
+    return make
+
+
+def _narrow_to(policy):
+    def make(inner):
+        def to(self, *args, **kwargs):
+            spec = args[0] if args else kwargs.get("device")
+            if spec is None or not _device.is_cuda_spec(spec):
+                return inner(self, *args, **kwargs)
+            dtype = kwargs.pop("dtype", None)
+            rest = list(args[1:])
+            if rest and isinstance(rest[0], torch.dtype):
+                dtype = rest.pop(0)
+            kwargs.pop("device", None)
+            device, narrowed = policy.place("Tensor.to", dtype or self.dtype)
+            return inner(self, device, narrowed, *rest, **kwargs)
+        return functools.wraps(inner)(to)
+    return make
+
+
+def _narrow_cuda(policy):
+    def make(inner):
+        def cuda(self, device=None, non_blocking=False, memory_format=torch.preserve_format):
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            place, dtype = policy.place("Tensor.cuda", self.dtype)
+            return torch._C.TensorBase.to(self, place, dtype, non_blocking=non_blocking, memory_format=memory_format)
+        return functools.wraps(inner)(cuda)
+    return make
+
+
+def _narrow_load(policy):
+    """torch.load onto MPS: CUDA storages load to the CPU, then their tensors move with the policy."""
+    def make(inner):
+        def load(f, map_location=None, *args, **kwargs):
+            if map_location is not None:
+                return inner(f, map_location, *args, **kwargs)
+            from_cuda = set()
+
+            def keep_on_cpu(storage, location):
+                if location.startswith("cuda"):
+                    from_cuda.add(storage.data_ptr())
+                    return storage
+                return None
+
+            loaded = REGISTRY.original("torch.serialization", "load")(f, keep_on_cpu, *args, **kwargs)
+            return _move_tree(loaded, lambda t: policy.move("torch.load", t)
+                              if t.untyped_storage().data_ptr() in from_cuda else t)
+        return functools.wraps(inner)(load)
+    return make
+
+
+def _move_tree(obj, move):
+    if isinstance(obj, torch.Tensor):
+        return move(obj)
+    if isinstance(obj, torch.nn.Module):
+        return obj._apply(move)
+    if isinstance(obj, dict):
+        for key in list(obj):
+            obj[key] = _move_tree(obj[key], move)
+        return obj
+    if isinstance(obj, list):
+        obj[:] = [_move_tree(item, move) for item in obj]
+        return obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return type(obj)(_move_tree(item, move) for item in obj)
+    return obj
+
+
+def _compose(outer, inner_make):
+    return lambda original: outer(inner_make(original))
+
+
 # -- records ----------------------------------------------------------------------------
 def records():
     target = _device.current()
@@ -367,7 +507,26 @@ def records():
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
+    if not target.float64:
+        out = _with_float64_policy(out, _Float64Policy(target, active_config().mps_float64))
     return out
+
+
+def _with_float64_policy(out, policy):
+    """Put the float64 layer around the records that send tensors to the target."""
+    layered = []
+    for record in out:
+        outer = None
+        if record.owner in ("torch", "torch.fft") and record.make.__class__ is functools.partial:
+            outer = _narrow_factory(record.name, policy)
+        elif record.target == "torch.Tensor.to":
+            outer = _narrow_to(policy)
+        elif record.target == "torch.Tensor.cuda":
+            outer = _narrow_cuda(policy)
+        elif record.name == "load":
+            outer = _narrow_load(policy)
+        layered.append(record if outer is None else dataclasses.replace(record, make=_compose(outer, record.make)))
+    return layered
 
 
 def apply_patches():

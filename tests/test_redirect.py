@@ -1,0 +1,293 @@
+"""Area "device": every form of CUDA device spec lands on the target (CPU here)."""
+import copy
+import io
+import pickle
+import typing
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import torchdevice
+from torchdevice.core import device as core_device
+from torchdevice.ops.device import redirect
+
+CPU = torch._C.device("cpu")
+
+
+# -- torch.device ---------------------------------------------------------------------------
+@pytest.mark.parametrize("args,kwargs", [
+    (("cuda",), {}), (("cuda:1",), {}), (("cuda", 0), {}), ((), {"type": "cuda", "index": 0}),
+    ((torch._C.device("cuda", 3),), {}),
+])
+def test_device_constructor_maps_cuda(patched, args, kwargs):
+    made = torch.device(*args, **kwargs)
+    assert made == CPU and type(made) is torch._C.device
+
+
+def test_device_keeps_non_cuda(patched):
+    assert torch.device("cpu") == CPU
+    assert torch.device("meta").type == "meta"
+    assert torch.device("mps").type == "mps", "an explicit non-CUDA device is left alone"
+
+
+def test_device_is_still_a_type(patched):
+    real = torch._C.device("cpu")
+    assert isinstance(real, torch.device) and not isinstance("cpu", torch.device)
+    assert issubclass(torch._C.device, torch.device) and issubclass(torch.device, torch.device)
+    assert typing.Optional[torch.device] == typing.Optional[torch.device]
+    union = torch.device | str
+    assert isinstance(real, union) and isinstance("x", union) and not isinstance(3, union)
+    assert {torch.device("cuda"): 1}[CPU] == 1
+    assert pickle.loads(pickle.dumps(torch.device("cuda:1"))) == CPU
+    assert copy.deepcopy(torch.device("cuda")) == CPU
+    assert torch.device.__name__ == "device" and torch.device.__doc__ == torch._C.device.__doc__
+
+
+def test_device_annotation_in_function_signature(patched):
+    def f(d: typing.Optional[torch.device] = None) -> torch.device:
+        return d
+
+    hints = typing.get_type_hints(f)
+    assert hints["return"] is torch.device
+
+
+@pytest.mark.parametrize("spec", ["cuda:x", "gpu", "cuda:-1"])
+def test_invalid_specs_raise_torch_errors(patched, spec):
+    with pytest.raises(RuntimeError) as info:
+        torch.device(spec)
+    assert spec.split(":")[0] in str(info.value) or "index" in str(info.value).lower()
+    with pytest.raises(RuntimeError):
+        torch.zeros(1, device=spec)
+
+
+def test_negative_index_is_an_error(patched):
+    with pytest.raises(RuntimeError):
+        torch.zeros(1, device=-1)
+
+
+# -- factories ---------------------------------------------------------------------------------
+FACTORIES = [
+    lambda d: torch.zeros(2, device=d), lambda d: torch.ones(2, device=d), lambda d: torch.empty(2, device=d),
+    lambda d: torch.full((2,), 3.0, device=d), lambda d: torch.rand(2, device=d), lambda d: torch.randn(2, device=d),
+    lambda d: torch.randint(0, 5, (2,), device=d), lambda d: torch.arange(3, device=d),
+    lambda d: torch.linspace(0, 1, 3, device=d), lambda d: torch.eye(2, device=d),
+    lambda d: torch.tensor([1.0], device=d), lambda d: torch.as_tensor([1.0], device=d),
+    lambda d: torch.asarray([1.0], device=d), lambda d: torch.zeros_like(torch.ones(2), device=d),
+    lambda d: torch.randn_like(torch.ones(2), device=d), lambda d: torch.hann_window(4, device=d),
+    lambda d: torch.randperm(3, device=d), lambda d: torch.empty_strided((2,), (1,), device=d),
+    lambda d: torch.sparse_coo_tensor([[0]], [1.0], (2,), device=d, check_invariants=True),
+    lambda d: torch.fft.fftfreq(4, device=d), lambda d: torch.tril_indices(3, 3, device=d),
+    lambda d: torch.scalar_tensor(1.0, device=d),
+]
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1", 0, torch._C.device("cuda", 0)])
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_factories(patched, factory, spec):
+    assert factory(spec).device == CPU
+
+
+def test_factory_set_is_derived_from_the_running_torch(patched):
+    derived = {(owner, name) for owner, name, _ in redirect.device_functions()}
+    for expected in [("torch", "zeros"), ("torch", "randint"), ("torch", "tensor"), ("torch", "asarray"),
+                     ("torch", "sparse_csr_tensor"), ("torch", "kaiser_window"), ("torch.fft", "rfftfreq"),
+                     ("torch.Tensor", "new_zeros"), ("torch.Tensor", "new_full")]:
+        assert expected in derived
+    schema_names = {s.name.partition("::")[2] for s in torch._C._jit_get_all_schemas()
+                    if any(a.name == "device" and a.kwarg_only for a in s.arguments)}
+    public = {n for n in schema_names if not n.startswith("_") and hasattr(torch, n)
+              and hasattr(torch._C._VariableFunctions, n)}
+    assert public <= {name for owner, name in derived if owner == "torch"}
+
+
+def test_pin_memory_factory_flag_is_dropped(patched):
+    t = torch.empty(3, pin_memory=True, device="cuda")
+    assert t.device == CPU and not t.is_pinned()
+
+
+def test_factory_without_device_unchanged(patched):
+    assert torch.zeros(2).device == CPU
+    assert torch.zeros(2, device="cpu").device == CPU
+    assert torch.zeros(2, dtype=torch.float16).dtype == torch.float16
+
+
+def test_generator(patched):
+    g = torch.Generator(device="cuda")
+    assert g.device == CPU and isinstance(g, torch.Generator)
+    g.manual_seed(3)
+    a = torch.randn(3, generator=g, device="cuda")
+    g.manual_seed(3)
+    assert torch.equal(a, torch.randn(3, generator=g, device="cuda"))
+    assert pickle.loads(pickle.dumps(g)).device == CPU
+    assert torch.Generator().device == CPU
+
+
+# -- tensors ------------------------------------------------------------------------------------
+def test_tensor_to_all_forms(patched):
+    t = torch.arange(4.0)
+    other = torch.zeros(1, dtype=torch.float16)
+    assert t.to("cuda").device == CPU and t.to("cuda") is t, "same device: no copy"
+    assert t.to("cuda", copy=True) is not t
+    assert t.to(torch.device("cuda:1")).device == CPU
+    assert t.to(device="cuda").device == CPU
+    assert t.to("cuda", torch.float16).dtype == torch.float16
+    assert t.to(device="cuda", dtype=torch.int32).dtype == torch.int32
+    assert t.to("cuda", non_blocking=True).device == CPU
+    assert t.to(torch.float64).dtype == torch.float64, "dtype-only form converts dtype"
+    assert t.to(dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert t.to(other).dtype == torch.float16
+    img = torch.zeros(1, 3, 4, 4)
+    assert img.to("cuda", memory_format=torch.channels_last).is_contiguous(memory_format=torch.channels_last)
+    assert t.to(0).device == CPU
+
+
+def test_tensor_cuda(patched):
+    t = torch.arange(3.0)
+    assert t.cuda() is t
+    assert t.cuda(0).device == CPU and t.cuda("cuda:1").device == CPU and t.cuda(device=torch.device("cuda")) is t
+    assert t.cuda(non_blocking=True) is t
+    img = torch.zeros(1, 3, 4, 4)
+    assert img.cuda(memory_format=torch.channels_last).is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="Invalid device, must be cuda device"):
+        t.cuda("cpu")
+
+
+def test_tensor_new_methods(patched):
+    t = torch.ones(2, dtype=torch.float16)
+    for made in (t.new_zeros(3, device="cuda"), t.new_ones(3, device="cuda:0"), t.new_empty(3, device=0),
+                 t.new_full((3,), 2.0, device="cuda"), t.new_tensor([1.0], device="cuda"),
+                 t.new_empty_strided((3,), (1,), device="cuda")):
+        assert made.device == CPU and made.dtype == torch.float16
+
+
+def test_pinned_memory(patched):
+    t = torch.zeros(2)
+    assert t.pin_memory() is t
+    assert t.is_pinned() is False
+
+
+def test_legacy_types(patched):
+    made = torch.cuda.FloatTensor(2, 3)
+    assert made.shape == (2, 3) and made.dtype == torch.float32 and made.device == CPU
+    assert isinstance(made, torch.cuda.FloatTensor) and not isinstance(made, torch.cuda.LongTensor)
+    assert torch.cuda.LongTensor([1, 2]).tolist() == [1, 2]
+    t = torch.zeros(2)
+    assert t.type(torch.cuda.LongTensor).dtype == torch.int64
+    assert t.type("torch.cuda.HalfTensor").dtype == torch.float16
+    assert t.type(torch.float64).dtype == torch.float64
+    assert t.type() == "torch.FloatTensor"
+    assert torch.cuda.DoubleTensor is not None and torch.cuda.FloatTensor.dtype == torch.float32
+
+
+def test_storage_cuda(patched):
+    storage = torch.arange(3.0).untyped_storage()
+    assert storage.cuda().device == CPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        typed = torch.arange(3.0).storage()
+        assert typed.cuda().device == CPU
+
+
+def test_set_default_device_and_context(patched):
+    torch.set_default_device("cuda")
+    try:
+        assert torch.zeros(1).device == CPU
+    finally:
+        torch.set_default_device(None)
+    with torch.device("cuda"):
+        assert torch.ones(1).device == CPU
+
+
+# -- modules and optimizers -------------------------------------------------------------------
+def test_module_moves_and_dtype_conversion(patched):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    assert model.cuda() is model
+    assert all(p.device == CPU for p in model.parameters())
+    assert all(b.device == CPU for b in model.buffers())
+    model.to("cuda:1")
+    model.to(torch.device("cuda"), torch.float16)
+    assert next(model.parameters()).dtype == torch.float16
+    model.to(torch.float32)
+    assert next(model.parameters()).dtype == torch.float32
+    model.to(dtype=torch.float64)
+    assert next(model.parameters()).dtype == torch.float64
+    model.half()
+    assert next(model.parameters()).dtype == torch.float16
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert meta.to_empty(device="cuda").weight.device == CPU
+    assert torch.nn.Linear(2, 2).cuda(0).weight.device == CPU
+
+
+def test_optimizer_state_on_target(patched):
+    model = torch.nn.Linear(3, 1).cuda()
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3, device="cuda")).sum().backward()
+    opt.step()
+    state = opt.state_dict()["state"][0]
+    assert state["exp_avg"].device == CPU
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def cuda_tagged_checkpoint(obj, zipfile=True):
+    """A real torch.save file whose storages carry the location tag 'cuda:1'."""
+    import torch.serialization as serialization
+
+    buffer = io.BytesIO()
+    original = serialization.location_tag
+    serialization.location_tag = lambda storage: "cuda:1"
+    try:
+        torch.save(obj, buffer, _use_new_zipfile_serialization=zipfile)
+    finally:
+        serialization.location_tag = original
+    return buffer.getvalue()
+
+
+def test_checkpoint_really_carries_cuda_tags(unpatched):
+    data = cuda_tagged_checkpoint({"w": torch.arange(3.0)})
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+@pytest.mark.parametrize("map_location", [None, "cuda", "cuda:1", torch._C.device("cuda", 0), "cpu",
+                                          {"cuda:1": "cuda:0"}, {"cuda:1": "cpu"}, "callable", "callable-none"])
+def test_load_cuda_checkpoint(patched, map_location, zipfile):
+    state = {"w": torch.arange(4.0), "n": [torch.ones(2, dtype=torch.int64)]}
+    data = cuda_tagged_checkpoint(state, zipfile)
+    if map_location == "callable":
+        map_location = lambda storage, location: storage.cuda(0)  # noqa: E731
+    elif map_location == "callable-none":
+        map_location = lambda storage, location: None  # noqa: E731
+    loaded = torch.load(io.BytesIO(data), map_location=map_location)
+    assert torch.equal(loaded["w"], state["w"]) and loaded["w"].device == CPU
+    assert torch.equal(loaded["n"][0], state["n"][0])
+
+
+def test_load_positional_map_location_and_serialization_load(patched):
+    data = cuda_tagged_checkpoint({"w": torch.ones(2)})
+    assert torch.load(io.BytesIO(data), "cuda")["w"].device == CPU
+    assert torch.serialization.load(io.BytesIO(data))["w"].device == CPU
+
+
+def test_model_state_dict_round_trip(patched, tmp_path):
+    model = torch.nn.Linear(4, 2).cuda()
+    data = cuda_tagged_checkpoint(model.state_dict())
+    clone = torch.nn.Linear(4, 2).cuda()
+    clone.load_state_dict(torch.load(io.BytesIO(data)))
+    assert torch.equal(clone.weight, model.weight)
+
+
+# -- cache ------------------------------------------------------------------------------------
+def test_mapping_cache_is_bounded(patched):
+    for i in range(3000):
+        core_device.map_device(f"cuda:{i}")
+    assert len(core_device.DEVICE_CACHE) <= core_device._CACHE_LIMIT
+    assert core_device.map_device("cuda:2999") == CPU
+
+
+def test_explicit_cpu_stays_cpu_with_numpy(patched):
+    arr = np.arange(3.0)
+    assert torch.tensor(arr, device="cpu").device == CPU
+    assert torch.as_tensor(arr, device="cuda").dtype == torch.float64, "CPU keeps float64"
