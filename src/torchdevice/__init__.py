@@ -27,7 +27,9 @@ def patch(strict=None, **settings):
 
     from .core import config, patch as _patch
 
-    cfg = config.load(_without_disable()).with_overrides(**settings) if settings else config.load(_without_disable())
+    cfg = config.load(_without_disable())
+    if settings:
+        cfg = cfg.with_overrides(**settings)
     return _patch.activate(cfg, strict=strict)
 
 

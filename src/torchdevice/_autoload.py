@@ -92,16 +92,34 @@ def _our_finders():
     return [f for f in sys.meta_path if getattr(f, "_torchdevice_finder", False)]
 
 
-def when_imported(name, callback):
-    """Run ``callback(module)`` once ``name`` has been imported (now, if it is)."""
+def when_imported(name, callback, chain=False):
+    """Run ``callback(module)`` once ``name`` has been imported (now, if it is).
+
+    One hook per name; with ``chain`` a second callback runs after the first.
+    """
     module = sys.modules.get(name)
     if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
         callback(module)
         return
     with _lock:
-        _hooks[name] = callback
+        previous = _hooks.get(name)
+        if chain and previous is not None:
+            def both(module, first=previous, second=callback):
+                first(module)
+                second(module)
+            _hooks[name] = both
+        else:
+            _hooks[name] = callback
         if not _our_finders():
             sys.meta_path.insert(0, _TorchFinder())
+
+
+def cancel(name):
+    """Drop the pending hook for ``name`` (and the finder when none is left)."""
+    with _lock:
+        _hooks.pop(name, None)
+        if not _hooks:
+            uninstall()
 
 
 def uninstall():
@@ -122,15 +140,15 @@ def _check_config():
 
 
 def _activate_from_hook(module):
-    from .core import patch
-    from .core.config import ConfigError
+    from .core import config, patch
 
+    settings = config.load()
     try:
-        patch.activate()
-    except ConfigError:
+        patch.activate(settings)
+    except config.ConfigError:
         raise
     except Exception:
-        if patch.active_config() is not None and patch.active_config().strict:
+        if settings.strict:
             raise
         from .core.logger import get_logger
 

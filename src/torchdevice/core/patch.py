@@ -122,6 +122,7 @@ class AreaState:
     state: str = "pending"   # applied | failed | disabled | skipped | unpatched | passthrough
     applied: List[_Applied] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    deferred: List[Tuple[str, str]] = field(default_factory=list)
     reason: str = ""
 
     def describe(self) -> Dict[str, Any]:
@@ -129,6 +130,7 @@ class AreaState:
             "state": self.state,
             "applied": [a.record.target for a in self.applied],
             "skipped": [{"target": t, "reason": r} for t, r in self.skipped],
+            "deferred": [{"target": t, "reason": r} for t, r in self.deferred],
             "reason": self.reason,
         }
 
@@ -137,10 +139,19 @@ class _Absent(LookupError):
     """The target does not exist in the running torch."""
 
 
+class _NotYetImported(_Absent):
+    """The target lives in a module that exists but is not imported yet."""
+
+    def __init__(self, module: str):
+        super().__init__(f"applies when {module} is imported")
+        self.module = module
+
+
 def resolve(path: str) -> Any:
     """Resolve a dotted path through already-imported modules and attributes.
 
-    Imports nothing: a module that is not loaded yet raises ``_Absent``.
+    Imports nothing: a module that is not loaded yet raises ``_NotYetImported``
+    if it can be imported, ``_Absent`` if it does not exist.
     """
     parts = path.split(".")
     obj = sys.modules.get(parts[0])
@@ -150,11 +161,24 @@ def resolve(path: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            module = sys.modules.get(".".join(parts[:i]))
+            name = ".".join(parts[:i])
+            module = sys.modules.get(name)
             if module is None:
-                raise _Absent(f"{'.'.join(parts[:i])} does not exist in this torch") from None
+                if _module_exists(name):
+                    raise _NotYetImported(name) from None
+                raise _Absent(f"{name} does not exist in this torch") from None
             obj = module
     return obj
+
+
+def _module_exists(name: str) -> bool:
+    parent, _, child = name.rpartition(".")
+    search = getattr(sys.modules.get(parent), "__path__", None)
+    if search is None:
+        return False
+    from importlib.machinery import PathFinder
+
+    return PathFinder.find_spec(name, search) is not None
 
 
 def _raw(owner: Any, name: str) -> Any:
@@ -183,6 +207,8 @@ class Registry:
         self._areas: Dict[str, AreaState] = {}
         self._order: List[str] = []
         self._by_target: Dict[Tuple[int, Hashable], _Applied] = {}
+        self._pending: set = set()   # modules with deferred records waiting for their import
+        self._generation = 0         # bumped by unpatch(), so stale deferred hooks do nothing
 
     # -- applying ---------------------------------------------------------
     def apply_area(self, area: str, records) -> AreaState:
@@ -212,6 +238,11 @@ class Registry:
             raise ValueError(f"{record.target}: kind {record.kind!r} is not one of {KINDS}")
         try:
             owner = resolve(record.owner)
+        except _NotYetImported as exc:
+            self._defer(state.name, record, exc.module)
+            state.deferred.append((record.target, str(exc)))
+            log.debug("defer %s: %s", record.target, exc)
+            return
         except _Absent as exc:
             state.skipped.append((record.target, str(exc)))
             log.debug("skip %s: %s", record.target, exc)
@@ -243,6 +274,25 @@ class Registry:
         applied = _Applied(record, owner, slot, raw, original, stored)
         state.applied.append(applied)
         self._by_target[ident] = applied
+
+    def _defer(self, area: str, record: Patch, module: str) -> None:
+        """Apply ``record`` when ``module`` is imported (a post-import hook; imports nothing now)."""
+        from .. import _autoload
+
+        def apply_later(_module, generation=self._generation):
+            with self._lock:
+                state = self._areas.get(area)
+                if generation != self._generation or state is None or state.state != "applied":
+                    return  # unpatched (or failed) since: nothing to do
+                try:
+                    self._apply_one(state, record)
+                except Exception:
+                    log.warning("deferred patch %s failed to apply", record.target, exc_info=True)
+                    return
+                state.deferred = [d for d in state.deferred if d[0] != record.target]
+
+        self._pending.add(module)
+        _autoload.when_imported(module, apply_later, chain=True)
 
     def _restore(self, applied: _Applied) -> bool:
         owner, slot = applied.owner, applied.slot
@@ -287,6 +337,13 @@ class Registry:
                 state.state = "unpatched"
             self._areas.clear()
             self._order.clear()
+            self._generation += 1
+            if self._pending:
+                from .. import _autoload
+
+                for module in self._pending:
+                    _autoload.cancel(module)
+                self._pending.clear()
 
     # -- queries ----------------------------------------------------------
     def state(self, area: str) -> Optional[AreaState]:
