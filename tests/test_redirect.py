@@ -291,3 +291,19 @@ def test_explicit_cpu_stays_cpu_with_numpy(patched):
     arr = np.arange(3.0)
     assert torch.tensor(arr, device="cpu").device == CPU
     assert torch.as_tensor(arr, device="cuda").dtype == torch.float64, "CPU keeps float64"
+
+
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_data_loader_pin_memory_is_quiet_and_works(patched, context):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.arange(8.0).unsqueeze(1), torch.arange(8))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2 if context else 0, pin_memory=True,
+                        multiprocessing_context=context, pin_memory_device="cuda")
+    assert loader.pin_memory is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = [x.cuda(non_blocking=True) for x, _ in loader]
+    assert torch.equal(torch.cat(batches), dataset.tensors[0])
+    positional = DataLoader(dataset, 4, False, None, None, 0, None, True)
+    assert positional.pin_memory is False

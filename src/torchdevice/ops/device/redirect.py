@@ -175,6 +175,32 @@ def _pin_memory(original):
     return functools.wraps(original)(pin_memory)
 
 
+def _data_loader_init(original):
+    """DataLoader(pin_memory=True): the target has no pinned memory, so ask for none.
+
+    torch would otherwise warn on every iterator that no accelerator was found.
+    """
+    import inspect
+
+    names = list(inspect.signature(original).parameters)[1:]  # without self
+    pin_at = names.index("pin_memory") if "pin_memory" in names else None
+    device_at = names.index("pin_memory_device") if "pin_memory_device" in names else None
+
+    def __init__(self, *args, **kwargs):
+        if args and (pin_at is not None and len(args) > pin_at or device_at is not None and len(args) > device_at):
+            args = list(args)
+            if pin_at is not None and len(args) > pin_at:
+                args[pin_at] = False
+            if device_at is not None and len(args) > device_at:
+                args[device_at] = ""
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        if kwargs.get("pin_memory_device"):
+            kwargs["pin_memory_device"] = ""
+        original(self, *args, **kwargs)
+    return functools.wraps(original)(__init__)
+
+
 def _is_pinned(original):
     def is_pinned(self, device=None):
         return False
@@ -495,6 +521,8 @@ def records():
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
         Patch("torch.Tensor", "is_pinned", _is_pinned, kind=NOOP, note="False: no pinned memory on the target"),
+        Patch("torch.utils.data.DataLoader", "__init__", _data_loader_init, kind=NOOP,
+              note="pin_memory=True asks for no pinning: the target has no pinned memory"),
         Patch("torch.Tensor", "type", lambda original: _tensor_type(original, target)),
         Patch("torch.UntypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch.storage.TypedStorage", "cuda", lambda original: _storage_cuda(target)),
