@@ -224,14 +224,22 @@ def test_dependent_area_skipped_when_dependency_fails(unpatched, monkeypatch):
     assert "device" in status["areas"]["cuda"]["reason"]
 
 
-def test_deferred_record_applies_when_module_is_imported(tmp_path, monkeypatch):
+@pytest.fixture
+def late_package(tmp_path, monkeypatch):
+    """A package on sys.path whose parent is imported and whose submodule `late` is not."""
+    import importlib
+
     package = tmp_path / "td_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "late.py").write_text("def f():\n    return 'original'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import td_pkg  # noqa: F401  (the parent is loaded, the submodule is not)
+    yield importlib.import_module("td_pkg")
+    for name in ("td_pkg.late", "td_pkg"):
+        sys.modules.pop(name, None)
 
+
+def test_deferred_record_applies_when_module_is_imported(late_package):
     reg = Registry()
     state = reg.apply_area("a", [Patch("td_pkg.late", "f", wrap("patched"))])
     assert state.applied == [] and state.deferred == [("td_pkg.late.f", "applies when td_pkg.late is imported")]
@@ -242,27 +250,16 @@ def test_deferred_record_applies_when_module_is_imported(tmp_path, monkeypatch):
     assert reg.state("a").deferred == [] and [a.record.target for a in reg.state("a").applied] == ["td_pkg.late.f"]
     reg.unpatch()
     assert td_pkg.late.f() == "original"
-    for name in ("td_pkg.late", "td_pkg"):
-        sys.modules.pop(name, None)
 
 
-def test_unpatch_cancels_deferred_records(tmp_path, monkeypatch):
+def test_unpatch_cancels_deferred_records(late_package):
     from torchdevice import _autoload
 
-    package = tmp_path / "td_pkg2"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "late.py").write_text("def f():\n    return 'original'\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import td_pkg2  # noqa: F401
-
     reg = Registry()
-    reg.apply_area("a", [Patch("td_pkg2.late", "f", wrap("patched"))])
+    reg.apply_area("a", [Patch("td_pkg.late", "f", wrap("patched"))])
     assert _autoload.is_installed()
     reg.unpatch()
-    assert "td_pkg2.late" not in _autoload._hooks
-    import td_pkg2.late
+    assert "td_pkg.late" not in _autoload._hooks
+    import td_pkg.late
 
-    assert td_pkg2.late.f() == "original"
-    for name in ("td_pkg2.late", "td_pkg2"):
-        sys.modules.pop(name, None)
+    assert td_pkg.late.f() == "original"
