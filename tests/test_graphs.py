@@ -13,11 +13,13 @@ def test_replay_runs_captured_work_on_new_static_inputs(patched):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         static_out = torch.relu(static_x @ weight).sum(dim=0) * 2 + 1
+    version = static_out._version
     for _ in range(3):
         data = torch.randn(3, 4)
         static_x.copy_(data)
         g.replay()
         assert torch.allclose(static_out, torch.relu(data @ weight).sum(dim=0) * 2 + 1)
+    assert static_out._version == version, "replay writes below autograd, like a GPU replay"
 
 
 def test_capture_changes_nothing_and_replay_mutates(patched):
@@ -224,3 +226,22 @@ def test_graph_names_restore(unpatched):
     assert torch.cuda.graphs.CUDAGraph is torch.cuda.CUDAGraph is not originals[0]
     torchdevice.unpatch()
     assert [getattr(torch.cuda.graphs, n) for n in ("CUDAGraph", "graph", "make_graphed_callables")] == originals
+
+
+def test_replay_keeps_the_captured_precision(patched):
+    static_x = torch.zeros(4, 4, device="cuda")
+    weight = torch.randn(4, 4, device="cuda")
+    mixed, full = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(mixed):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = static_x @ weight
+    with torch.cuda.graph(full):
+        high = static_x @ weight
+    data = torch.randn(4, 4)
+    static_x.copy_(data)
+    mixed.replay()  # outside autocast: still the bfloat16 work that was captured
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_low = data @ weight
+        full.replay()  # inside autocast: still the float32 work that was captured
+    assert low.dtype == torch.bfloat16 and torch.equal(low, expected_low)
+    assert high.dtype == torch.float32 and torch.allclose(high, data @ weight)

@@ -1,4 +1,5 @@
 """Area "streams": torch.cuda streams and events on the CPU target."""
+import json
 import threading
 import time
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import torchdevice
+from conftest import clean_env, run_python
 
 SLEEP_MS = 50.0
 
@@ -203,3 +205,32 @@ def test_selected_stream_does_not_outlive_an_activation(unpatched):
     torchdevice.patch(strict=True, device="cpu")
     assert torch.cuda.current_stream().stream_id == 0
     assert isinstance(torch.cuda.current_stream(), torch.cuda.Stream)
+
+
+CUDA_TIMING_SCRIPT = """
+import json, time, torch
+assert torch.cuda.is_available()
+side = torch.cuda.Stream()
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+side.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(side):
+    start.record()
+    x = torch.randn(128, 128, device="cuda")
+    y = x @ x
+    time.sleep(0.03)
+    end.record()
+y.record_stream(side)
+torch.cuda.current_stream().wait_stream(side)
+torch.cuda.synchronize()
+print(json.dumps({"ms": start.elapsed_time(end), "device": str(y.device),
+                  "back_on_default": torch.cuda.current_stream() == torch.cuda.default_stream()}))
+"""
+
+
+def test_cuda_timing_script_runs_unmodified():
+    result = run_python(CUDA_TIMING_SCRIPT, env=clean_env(TORCHDEVICE_DEVICE="cpu"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    out = json.loads(result.stdout)
+    assert out["device"] == "cpu" and out["back_on_default"] is True
+    assert 29.7 <= out["ms"] < 300

@@ -69,7 +69,7 @@ def _selected():
 
 
 def _unsupported(api, instead):
-    target = _sync.target_name()
+    target = _sync._target_name()
     return RuntimeError(f"{api}: there are no CUDA streams on the {target} target (torchdevice redirects CUDA to "
                         f"{target}); {instead}")
 
@@ -275,10 +275,10 @@ def _generic_stream(stream_class, target_type):
     def make(original):
         def __call__(cls, device=None, *, priority=0, **kwargs):
             if kwargs or not _is_ours(device, target_type):
-                return original(device, priority=priority, **kwargs) if device is not None else \
-                    original(priority=priority, **kwargs)
-            return stream_class(None if device is None or not _device.is_cuda_spec(device) else device,
-                                priority=priority)
+                args = () if device is None else (device,)
+                return original(*args, priority=priority, **kwargs)
+            # A CUDA spec names the CUDA index; the target device itself means the selected one.
+            return stream_class(device if _device.is_cuda_spec(device) else None, priority=priority)
         return _generic(original, Stream, __call__)
     return make
 
@@ -300,11 +300,11 @@ def _publish(obj):
 
 def records():
     target = _device.current()
-    _sync.set_target(target.type, target.device)
+    _sync._set_target(target.type, target.device)
     if target.type == "mps":
         from . import mps
 
-        stream_class, event_class = mps.classes(Stream, Event)
+        stream_class, event_class = mps._classes(Stream, Event)
         sync_note = "torch.mps"
     else:
         stream_class, event_class = Stream, Event

@@ -15,7 +15,8 @@ nothing). ``replay()`` calls the recorded ops in order on the recorded
 arguments (in-place ops mutate the real tensors now) and copies each fresh
 result into the tensor the capture returned; views need nothing (they alias
 tensors that are refreshed in place). Random ops draw new numbers at every
-replay, as graph-safe CUDA RNG does.
+replay, as graph-safe CUDA RNG does. Replay dispatches below autograd, so, as
+a GPU replay, it bumps no version counters and builds no autograd graph.
 
 As on CUDA, anything needing tensor values on the host during capture
 (``.item()``, ``nonzero``, data-dependent shapes, ...) is an error, and Python
@@ -73,7 +74,7 @@ def graph_pool_handle():
 
 
 def _capture_error(api, detail):
-    target = _sync.target_name()
+    target = _sync._target_name()
     return RuntimeError(f"{api}: {detail} (torchdevice emulates CUDA graphs on the {target} target)")
 
 
@@ -218,7 +219,7 @@ class CUDAGraph:
         steps = self._steps
         if steps is None or self._recording is not None:
             raise _capture_error("torch.cuda.CUDAGraph.replay", "the graph has no finished capture to replay")
-        with torch.inference_mode(), torch._C._ExcludeDispatchKeyGuard(_AUTOCAST):
+        with torch._C._AutoDispatchBelowADInplaceOrView(), torch._C._ExcludeDispatchKeyGuard(_AUTOCAST):
             for func, args, kwargs, fresh in steps:
                 out = func(*args, **kwargs)
                 if fresh:
@@ -309,7 +310,7 @@ def _autocast_on():
     if torch.is_autocast_enabled():
         return True
     try:
-        return torch.is_autocast_enabled(_sync.target_name())
+        return torch.is_autocast_enabled(_sync._target_name())
     except TypeError:  # a torch whose is_autocast_enabled takes no device type
         return False
 

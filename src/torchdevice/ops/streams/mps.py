@@ -8,23 +8,23 @@ records a ``torch.mps.Event`` and asks it.
 ``torch.cuda.Event`` wraps a ``torch.mps.Event`` (record, wait, query,
 synchronize and elapsed_time measured by MPS). On a torch without
 ``torch.mps.Event`` it times with host timestamps taken after
-``torch.mps.synchronize()`` (synchronize.synced_event).
+``torch.mps.synchronize()`` (synchronize._synced_event).
 
 This module only reads the public ``torch.mps`` surface, once, when the area
 applies; everything else is shared with the CPU target.
 """
 import torch
 
-from .synchronize import _elapsed_error, synced_event
+from .synchronize import _elapsed_error, _synced_event
 
 
-def classes(base_stream, base_event):
+def _classes(base_stream, base_event):
     """(Stream, Event) for the MPS target, built on the shared base classes."""
     mps = torch.mps
     sync = mps.synchronize
     native = getattr(mps, "Event", None)
     if native is None:
-        event_class = synced_event(base_event, sync)
+        event_class = _synced_event(base_event, sync)
 
         def idle():
             sync()

@@ -7,7 +7,7 @@ the event stores a host timestamp (``time.perf_counter_ns``) and
 milliseconds. ``query()`` is True, ``synchronize()`` and ``wait()`` return at
 once (nothing is pending), as a CUDA event whose work is done would behave.
 
-``synced_event(Event, sync)`` builds the variant for a target whose work is
+``_synced_event(Event, sync)`` builds the variant for a target whose work is
 queued but that has no native events of its own (MPS on a torch without
 ``torch.mps.Event``): ``record()`` first waits for the target (``sync``), then
 reads the host clock, so the time still covers the queued work.
@@ -23,11 +23,11 @@ _now = time.perf_counter_ns
 _TARGET = {"name": "cpu", "device": None}
 
 
-def target_name():
+def _target_name():
     return _TARGET["name"]
 
 
-def set_target(name, device):
+def _set_target(name, device):
     _TARGET["name"] = name
     _TARGET["device"] = device
 
@@ -45,7 +45,7 @@ def _elapsed_error(start, end):
 
 
 def _ipc_error(api):
-    target = target_name()
+    target = _target_name()
     return RuntimeError(
         f"{api}: interprocess CUDA events do not exist on the {target} target (torchdevice redirects CUDA to "
         f"{target}); share tensors through torch.multiprocessing and order work with torch.cuda.synchronize() "
@@ -107,7 +107,7 @@ class Event:
 
     @property
     def cuda_event(self):
-        target = target_name()
+        target = _target_name()
         raise RuntimeError(f"torch.cuda.Event.cuda_event: there is no cudaEvent_t on the {target} target "
                            f"(torchdevice redirects CUDA to {target}); use the event's own methods "
                            f"(record, synchronize, elapsed_time) instead.")
@@ -119,7 +119,7 @@ class Event:
         return f"<torch.cuda.Event {state} on {_TARGET['name']} (torchdevice)>"
 
 
-def synced_event(base, sync):
+def _synced_event(base, sync):
     """``base`` (an Event class) whose record() first waits for the target's queued work."""
 
     class Event(base):
