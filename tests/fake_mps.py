@@ -1,18 +1,117 @@
-"""A fake Apple MPS backend for tests on machines without one.
+"""A test double for Apple MPS on machines without it.
 
-Only torch's MPS surface is faked: ``torch.backends.mps.is_available()`` says
-True, the ``torch.mps`` functions torchdevice calls are recorded, and a
-TorchFunctionMode stores tensors that torch is asked to put on ``mps`` on the
-``meta`` device (shapes and dtypes, no data). torchdevice itself runs
-unchanged with target ``mps:0``: its wrappers send ``mps`` to torch exactly as
-on a Mac, so what the tests observe is what our code asked torch for.
+Only torch's MPS surface is faked; torchdevice's own code runs unchanged with
+the target forced to ``mps:0`` by ``torchdevice.patch(device="mps")``:
+
+* ``torch.backends.mps.is_available()`` says True, and the ``torch.mps``
+  functions torchdevice calls are recorded in ``FakeMPS.calls``:
+  RNG on a CPU ``torch.Generator`` standing in for the MPS generator
+  (``manual_seed``, ``seed``, ``get_rng_state``, ``set_rng_state``,
+  ``_get_default_mps_generator``), ``synchronize`` counts calls, and
+  ``Event(enable_timing=...)`` times with the host clock at record.
+* ``mps_session()`` additionally enters a TorchFunctionMode that stores tensors
+  torch is asked to put on ``mps`` on the ``meta`` device (shapes and dtypes, no
+  data), so tensor-level paths (factories, ``.to``, the float64 policy) can run.
+  ``FakeMPS.tensor_calls`` lists (function, device asked, dtype asked).
 """
 import contextlib
+import time
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 import torchdevice
+
+
+class FakeMPS:
+    def __init__(self, monkeypatch, events=True):
+        self.calls = []
+        self.tensor_calls = []
+        self.generator = torch.Generator()
+        self.generator.manual_seed(67280421310721)  # torch's default seed
+        fake = self
+        mps = torch.mps
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        monkeypatch.setattr(mps, "synchronize", self.synchronize)
+        monkeypatch.setattr(mps, "manual_seed", self.manual_seed)
+        monkeypatch.setattr(mps, "seed", self.seed)
+        monkeypatch.setattr(mps, "get_rng_state", self.get_rng_state)
+        monkeypatch.setattr(mps, "set_rng_state", self.set_rng_state)
+        monkeypatch.setattr(mps, "_get_default_mps_generator", lambda: fake.generator)
+
+        class Event:
+            """Stands in for torch.mps.Event."""
+
+            def __init__(self, enable_timing=False):
+                fake.calls.append(("Event", enable_timing))
+                self.enable_timing = enable_timing
+                self.ns = None
+
+            def record(self):
+                fake.calls.append(("Event.record",))
+                self.ns = time.perf_counter_ns()
+
+            def wait(self):
+                fake.calls.append(("Event.wait",))
+
+            def query(self):
+                fake.calls.append(("Event.query",))
+                return True
+
+            def synchronize(self):
+                fake.calls.append(("Event.synchronize",))
+
+            def elapsed_time(self, end_event):
+                fake.calls.append(("Event.elapsed_time",))
+                if not (self.enable_timing and end_event.enable_timing):
+                    raise RuntimeError("fake mps: events were created without enable_timing")
+                return (end_event.ns - self.ns) / 1e6
+
+        self.Event = Event
+        if events:
+            monkeypatch.setattr(mps, "Event", Event)
+        else:
+            monkeypatch.delattr(mps, "Event")
+
+    def count(self, name):
+        return sum(1 for call in self.calls if call[0] == name)
+
+    def synchronize(self):
+        self.calls.append(("synchronize",))
+
+    def manual_seed(self, seed):
+        self.calls.append(("manual_seed", int(seed)))
+        self.generator.manual_seed(int(seed))
+
+    def seed(self):
+        self.calls.append(("seed",))
+        self.generator.seed()
+
+    def get_rng_state(self, device="mps"):
+        self.calls.append(("get_rng_state",))
+        return self.generator.get_state()
+
+    def set_rng_state(self, new_state, device="mps"):
+        self.calls.append(("set_rng_state",))
+        self.generator.set_state(new_state.clone())
+
+
+def activate(monkeypatch, events=True):
+    """Install the fake, then patch with the MPS target (strict). Undo with torchdevice.unpatch()."""
+    torchdevice.unpatch()
+    fake = FakeMPS(monkeypatch, events=events)
+    status = torchdevice.patch(strict=True, device="mps")
+    assert status["target"] == "mps:0", status
+    return fake
+
+
+@pytest.fixture
+def fake_mps(monkeypatch):
+    """torchdevice active on a fake MPS target for one test, then undone."""
+    fake = activate(monkeypatch)
+    yield fake
+    torchdevice.unpatch()
 
 
 def _is_mps(value):
@@ -22,9 +121,11 @@ def _is_mps(value):
 
 
 class _MpsToMeta(TorchFunctionMode):
-    def __init__(self):
+    """Puts tensors asked for on "mps" on "meta" and records what was asked."""
+
+    def __init__(self, calls):
         super().__init__()
-        self.calls = []  # (function name, device asked for, dtype asked for)
+        self.calls = calls
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch._C.device:  # building a device object is not placing a tensor
@@ -45,46 +146,18 @@ class _MpsToMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class FakeMps:
-    """State of one fake MPS session: what torch.mps received."""
-
-    def __init__(self, mode):
-        self.mode = mode
-        self.synchronized = 0
-        self.seeds = []
-        self.allocated = 0
-
-    @property
-    def calls(self):
-        return self.mode.calls
-
-
 @contextlib.contextmanager
-def fake_mps(**settings):
-    """Activate torchdevice with target mps against the fake backend."""
-    mode = _MpsToMeta()
-    fake = FakeMps(mode)
-    saved = {}
-
-    def replace(owner, name, value):
-        saved[(owner, name)] = getattr(owner, name, None)
-        setattr(owner, name, value)
-
-    def synchronize():
-        fake.synchronized += 1
-
-    replace(torch.backends.mps, "is_available", lambda: True)
-    replace(torch.backends.mps, "is_built", lambda: True)
-    replace(torch.mps, "synchronize", synchronize)
-    replace(torch.mps, "manual_seed", lambda seed: fake.seeds.append(seed))
-    replace(torch.mps, "current_allocated_memory", lambda: fake.allocated)
-    replace(torch.mps, "driver_allocated_memory", lambda: fake.allocated)
-    torchdevice.unpatch()
-    try:
-        torchdevice.patch(strict=True, device="mps", **settings)
-        with mode:
-            yield fake
-    finally:
+def mps_session(**settings):
+    """torchdevice active on the fake MPS target with tensors stored on meta; undone on exit."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
         torchdevice.unpatch()
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)
+        fake = FakeMPS(monkeypatch)
+        monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 0, raising=False)
+        monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 0, raising=False)
+        try:
+            status = torchdevice.patch(strict=True, device="mps", **settings)
+            assert status["target"] == "mps:0", status
+            with _MpsToMeta(fake.tensor_calls):
+                yield fake
+        finally:
+            torchdevice.unpatch()

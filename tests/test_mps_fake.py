@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fake_mps import fake_mps
+from fake_mps import mps_session
 from test_redirect import cuda_tagged_checkpoint
 from torchdevice import TorchDeviceWarning
 from torchdevice.core import logger
@@ -20,7 +20,7 @@ def fresh_warnings():
 
 
 def test_target_is_mps():
-    with fake_mps():
+    with mps_session():
         assert torch.device("cuda:1") == torch._C.device("mps", 0)
         import torchdevice
 
@@ -31,7 +31,7 @@ def test_target_is_mps():
 
 
 def test_float64_downcast_warns_once():
-    with fake_mps() as fake, warnings.catch_warnings(record=True) as caught:
+    with mps_session() as fake, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         a = torch.zeros(2, dtype=torch.float64, device="cuda")
         b = torch.randn(2, dtype=torch.float64).to("cuda")
@@ -41,7 +41,7 @@ def test_float64_downcast_warns_once():
         f = torch.randn(2, dtype=torch.float64).to("cuda", torch.float64)
         assert [x.dtype for x in (a, b, c, d, f)] == [torch.float32] * 5 and e.dtype == torch.complex64
         assert all(x.device.type == "meta" for x in (a, b, c, d, e, f))
-        asked = {str(device) for _, device, _ in fake.calls}
+        asked = {str(device) for _, device, _ in fake.tensor_calls}
         assert asked <= {"mps:0"}
     ours = [w for w in caught if issubclass(w.category, TorchDeviceWarning)]
     assert len(ours) == 2, [str(w.message) for w in ours]  # float64 once, complex128 once
@@ -49,7 +49,7 @@ def test_float64_downcast_warns_once():
 
 
 def test_float32_untouched_and_explicit_mps_not_policed():
-    with fake_mps(), warnings.catch_warnings(record=True) as caught:
+    with mps_session(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert torch.ones(2, device="cuda").dtype == torch.float32
         assert torch.arange(3, device="cuda").dtype == torch.int64
@@ -59,7 +59,7 @@ def test_float32_untouched_and_explicit_mps_not_policed():
 
 
 def test_float64_policy_cpu():
-    with fake_mps(mps_float64="cpu"):
+    with mps_session(mps_float64="cpu"):
         kept = torch.randn(2, dtype=torch.float64).to("cuda")
         assert kept.device.type == "cpu" and kept.dtype == torch.float64
         assert torch.zeros(2, dtype=torch.float64, device="cuda").device.type == "cpu"
@@ -67,7 +67,7 @@ def test_float64_policy_cpu():
 
 
 def test_float64_policy_error():
-    with fake_mps(mps_float64="error"):
+    with mps_session(mps_float64="error"):
         with pytest.raises(TypeError, match=r"torch\.ones: torch\.float64 is not supported on mps.*TORCHDEVICE_MPS_FLOAT64"):
             torch.ones(2, dtype=torch.float64, device="cuda")
         with pytest.raises(TypeError, match="Tensor.to: torch.float64"):
@@ -76,7 +76,7 @@ def test_float64_policy_error():
 
 def test_load_cuda_checkpoint_onto_mps():
     data = cuda_tagged_checkpoint({"w": torch.arange(3.0, dtype=torch.float64), "i": torch.arange(2)})
-    with fake_mps(), warnings.catch_warnings():
+    with mps_session(), warnings.catch_warnings():
         warnings.simplefilter("ignore", TorchDeviceWarning)
         loaded = torch.load(io.BytesIO(data))
         assert loaded["w"].device.type == "meta" and loaded["w"].dtype == torch.float32
@@ -84,14 +84,14 @@ def test_load_cuda_checkpoint_onto_mps():
 
 
 def test_fake_leaves_no_trace():
-    with fake_mps():
+    with mps_session():
         pass
     assert torch.backends.mps.is_available() is False
     assert torch.device is torch._C.device
 
 
 def test_float64_policy_applies_to_device_objects_from_cuda_specs():
-    with fake_mps(), warnings.catch_warnings():
+    with mps_session(), warnings.catch_warnings():
         warnings.simplefilter("ignore", TorchDeviceWarning)
         device = torch.device("cuda", 1)
         assert device == torch._C.device("mps", 0)
