@@ -382,7 +382,8 @@ def records():
     out = [
         Patch("torch.cuda", "current_device", _current_device, kind=EMULATED,
               note="the index selected by set_device/device(), default 0"),
-        Patch("torch.cuda", "set_device", _set_device, kind=EMULATED, note="remembers the index; all map to the target"),
+        Patch("torch.cuda", "set_device", _set_device, kind=EMULATED,
+              note="remembers the index; all map to the target"),
         Patch("torch.cuda", "device", lambda original: device, kind=EMULATED, note="selects an index (context)"),
         Patch("torch.cuda", "device_of", lambda original: device_of, kind=EMULATED,
               note="selects the tensor's CUDA index (context); a no-op for tensors on the target"),
@@ -432,7 +433,8 @@ def records():
                 note="clear error: no busy-time counter"),
             Patch("torch.cuda", "clock_rate", _unsupported(
                 "torch.cuda.clock_rate()", target, "Metal exposes no GPU clock to torch",
-                "Guard the call with try/except RuntimeError."), kind=UNSUPPORTED, note="clear error: no clock reading"),
+                "Guard the call with try/except RuntimeError."), kind=UNSUPPORTED,
+                note="clear error: no clock reading"),
         ]
     else:
         out += [
