@@ -3,8 +3,11 @@
 Only torch's MPS surface is faked; torchdevice's own code runs unchanged with
 the target forced to ``mps:0`` by ``torchdevice.patch(device="mps")``:
 
-* ``torch.backends.mps.is_available()`` says True, and the ``torch.mps``
-  functions torchdevice calls are recorded in ``FakeMPS.calls``:
+* ``torch.backends.mps`` says available (chip name, core count, macOS 14
+  check are settable), and the ``torch.mps`` functions torchdevice calls are
+  recorded in ``FakeMPS.calls``: allocator figures read ``allocated``,
+  ``driver`` and ``recommended`` (``empty_cache`` drops the cache,
+  ``set_per_process_memory_fraction`` is recorded),
   RNG on a CPU ``torch.Generator`` standing in for the MPS generator
   (``manual_seed``, ``seed``, ``get_rng_state``, ``set_rng_state``,
   ``_get_default_mps_generator``), ``synchronize`` counts calls, and
@@ -23,16 +26,33 @@ from torch.overrides import TorchFunctionMode
 
 import torchdevice
 
+GiB = 2 ** 30
+
 
 class FakeMPS:
-    def __init__(self, monkeypatch, events=True):
+    def __init__(self, monkeypatch, events=True, *, name="Apple M2 Pro", cores=19, recommended=16 * GiB,
+                 macos14=True):
         self.calls = []
         self.tensor_calls = []
+        self.allocated = 1 * GiB
+        self.driver = 2 * GiB
+        self.recommended = recommended
+        self.macos14 = macos14
         self.generator = torch.Generator()
         self.generator.manual_seed(67280421310721)  # torch's default seed
         fake = self
         mps = torch.mps
-        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        backends = torch.backends.mps
+        monkeypatch.setattr(backends, "is_available", lambda: True)
+        monkeypatch.setattr(backends, "is_macos_or_newer", lambda major, minor: self.macos14 or major < 14)
+        monkeypatch.setattr(backends, "get_name", lambda: name, raising=False)
+        monkeypatch.setattr(backends, "get_core_count", lambda: cores, raising=False)
+        monkeypatch.setattr(mps, "current_allocated_memory", lambda: self.allocated)
+        monkeypatch.setattr(mps, "driver_allocated_memory", lambda: self.driver)
+        monkeypatch.setattr(mps, "recommended_max_memory", lambda: self.recommended)
+        monkeypatch.setattr(mps, "empty_cache", self._empty_cache)
+        monkeypatch.setattr(mps, "set_per_process_memory_fraction",
+                            lambda fraction: self.calls.append(("set_per_process_memory_fraction", fraction)))
         monkeypatch.setattr(mps, "synchronize", self.synchronize)
         monkeypatch.setattr(mps, "manual_seed", self.manual_seed)
         monkeypatch.setattr(mps, "seed", self.seed)
@@ -73,6 +93,15 @@ class FakeMPS:
             monkeypatch.setattr(mps, "Event", Event)
         else:
             monkeypatch.delattr(mps, "Event")
+
+    def _empty_cache(self):
+        self.calls.append(("empty_cache",))
+        self.driver = self.allocated  # cached blocks go back to the system
+
+    def activate(self, **settings):
+        """Patch with the MPS target (strict). Undo with torchdevice.unpatch()."""
+        torchdevice.unpatch()
+        return torchdevice.patch(strict=True, device="mps", **settings)
 
     def count(self, name):
         return sum(1 for call in self.calls if call[0] == name)
@@ -152,8 +181,6 @@ def mps_session(**settings):
     with pytest.MonkeyPatch.context() as monkeypatch:
         torchdevice.unpatch()
         fake = FakeMPS(monkeypatch)
-        monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 0, raising=False)
-        monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 0, raising=False)
         try:
             status = torchdevice.patch(strict=True, device="mps", **settings)
             assert status["target"] == "mps:0", status

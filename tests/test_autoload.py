@@ -20,6 +20,16 @@ print(json.dumps({
     "finders": [type(f).__name__ for f in sys.meta_path if getattr(f, "_torchdevice_finder", False)],
 }))
 """
+# After `import torch` the finder stays only while deferred records wait for a
+# torch submodule that is not imported yet (their post-import hooks).
+WAITING = """
+import json, torch, torchdevice
+from torchdevice import _autoload
+deferred = sorted({d["reason"].rsplit(" ", 3)[-3] for area in torchdevice.status()["areas"].values()
+                   for d in area.get("deferred", [])})
+print(json.dumps({"hooks": sorted(_autoload._hooks), "deferred": deferred,
+                  "finder": _autoload.is_installed()}))
+"""
 
 
 def run_json(python, code=PATCHED, **env):
@@ -39,15 +49,19 @@ def test_pth_at_site_packages_root(kind, request):
 def test_plain_import_torch_is_patched(kind, request):
     python = request.getfixturevalue(f"{kind}_python")
     out, err = run_json(python)
-    assert out == {"patched": True, "zeros": "cpu", "torchdevice": True, "finders": []}
+    assert out["patched"] is True and out["zeros"] == "cpu" and out["torchdevice"] is True
     assert err == "", "quiet by default"
+    waiting, _ = run_json(python, code=WAITING)
+    assert waiting["hooks"] == waiting["deferred"], "no hook left but for deferred records"
+    assert waiting["finder"] is bool(waiting["hooks"])
+    assert out["finders"] == (["_TorchFinder"] if waiting["hooks"] else [])
 
 
 @pytest.mark.parametrize("value", ["1", "true", "YES", "on"])
 def test_disable(wheel_python, value):
     out, err = run_json(wheel_python, code=PATCHED.replace('"zeros": str(torch.zeros(1, device="cuda").device),', ""),
                         TORCHDEVICE_DISABLE=value)
-    assert out == {"patched": False, "torchdevice": False, "finders": []}
+    assert out == {"patched": False, "torchdevice": False, "finders": []}, "no finder at all when disabled"
     assert err == ""
 
 

@@ -1,100 +1,100 @@
-"""The MPS target, against the fake backend in tests/fake_mps.py: mapping and the float64 policy."""
-import io
-import warnings
+"""The MPS target's device queries and memory figures, through the fake MPS backend (tests/fake_mps.py)."""
+import gc
+import time
 
-import numpy as np
 import pytest
 import torch
 
-from fake_mps import mps_session
-from test_redirect import cuda_tagged_checkpoint
-from torchdevice import TorchDeviceWarning
-from torchdevice.core import logger
+import torchdevice
+from fake_mps import GiB, FakeMPS
+from torchdevice import coverage
+from torchdevice.ops.device.errors import TargetUnsupportedError
+from torchdevice.ops.memory import stats as memory_stats
 
 
-@pytest.fixture(autouse=True)
-def fresh_warnings():
-    logger._warned.clear()
-    yield
-    logger._warned.clear()
+@pytest.fixture
+def fake_mps(monkeypatch):
+    fake = FakeMPS(monkeypatch)
+    status = fake.activate()
+    assert status["target"] == "mps:0"
+    yield fake
+    torchdevice.unpatch()
+    gc.collect()  # lets a background sampler notice its figures are gone before the fake is removed
 
 
-def test_target_is_mps():
-    with mps_session():
-        assert torch.device("cuda:1") == torch._C.device("mps", 0)
-        import torchdevice
-
-        assert torchdevice.status()["target"] == "mps:0"
-        t = torch.zeros(2, device="cuda")
-        assert t.device.type == "meta" and t.dtype == torch.float32  # the fake stores "mps" on meta
-        assert torch.ones(2).to("cuda").device.type == "meta"
-
-
-def test_float64_downcast_warns_once():
-    with mps_session() as fake, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        a = torch.zeros(2, dtype=torch.float64, device="cuda")
-        b = torch.randn(2, dtype=torch.float64).to("cuda")
-        c = torch.randn(2, dtype=torch.float64).cuda()
-        d = torch.tensor(np.ones(3), device="cuda")
-        e = torch.randn(2, dtype=torch.complex128).to("cuda:0")
-        f = torch.randn(2, dtype=torch.float64).to("cuda", torch.float64)
-        assert [x.dtype for x in (a, b, c, d, f)] == [torch.float32] * 5 and e.dtype == torch.complex64
-        assert all(x.device.type == "meta" for x in (a, b, c, d, e, f))
-        asked = {str(device) for _, device, _ in fake.tensor_calls}
-        assert asked <= {"mps:0"}
-    ours = [w for w in caught if issubclass(w.category, TorchDeviceWarning)]
-    assert len(ours) == 2, [str(w.message) for w in ours]  # float64 once, complex128 once
-    assert "TORCHDEVICE_MPS_FLOAT64=cpu" in str(ours[0].message)
+def test_properties_describe_the_apple_gpu(fake_mps):
+    props = torch.cuda.get_device_properties(0)
+    assert props.name == "Apple M2 Pro" == torch.cuda.get_device_name()
+    assert props.total_memory == 16 * GiB
+    assert props.multi_processor_count == 19
+    assert (props.major, props.minor) == (8, 0) == torch.cuda.get_device_capability()
+    assert props.warp_size == 32 and props.is_integrated == 1
+    assert torch.cuda.is_bf16_supported() is True
+    assert torch.cuda.is_tf32_supported() is False
 
 
-def test_float32_untouched_and_explicit_mps_not_policed():
-    with mps_session(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert torch.ones(2, device="cuda").dtype == torch.float32
-        assert torch.arange(3, device="cuda").dtype == torch.int64
-        assert torch.randn(2).to(torch.float64).dtype == torch.float64, "dtype-only .to stays as asked"
-        assert torch.randn(2, dtype=torch.float64).to("mps").dtype == torch.float64, "explicit mps left to torch"
-    assert not [w for w in caught if issubclass(w.category, TorchDeviceWarning)]
+def test_older_macos_has_no_bf16(monkeypatch):
+    fake = FakeMPS(monkeypatch, macos14=False)
+    fake.activate()
+    try:
+        assert torch.cuda.is_bf16_supported() is False
+        assert torch.cuda.get_device_capability() == (7, 0)
+    finally:
+        torchdevice.unpatch()
 
 
-def test_float64_policy_cpu():
-    with mps_session(mps_float64="cpu"):
-        kept = torch.randn(2, dtype=torch.float64).to("cuda")
-        assert kept.device.type == "cpu" and kept.dtype == torch.float64
-        assert torch.zeros(2, dtype=torch.float64, device="cuda").device.type == "cpu"
-        assert torch.zeros(2, device="cuda").device.type == "meta", "float32 still goes to the target"
+def test_memory_figures_come_from_torch_mps(fake_mps):
+    assert torch.cuda.memory_allocated() == 1 * GiB
+    assert torch.cuda.memory_reserved() == 2 * GiB
+    assert torch.cuda.mem_get_info() == (14 * GiB, 16 * GiB)
+    assert torch.cuda.device_memory_used() == 2 * GiB
+    stats = torch.cuda.memory_stats()
+    assert stats["allocated_bytes.all.current"] == 1 * GiB and stats["reserved_bytes.all.current"] == 2 * GiB
+    assert f"{1024:>12.3f} MB" in torch.cuda.list_gpu_processes()
 
 
-def test_float64_policy_error():
-    with mps_session(mps_float64="error"):
-        with pytest.raises(TypeError, match=r"torch\.ones: torch\.float64 is not supported on mps.*TORCHDEVICE_MPS_FLOAT64"):
-            torch.ones(2, dtype=torch.float64, device="cuda")
-        with pytest.raises(TypeError, match="Tensor.to: torch.float64"):
-            torch.randn(2, dtype=torch.float64).to("cuda")
+def test_sampled_peak_rises_and_resets(fake_mps):
+    torch.cuda.reset_peak_memory_stats()  # starts sampling
+    assert torch.cuda.max_memory_allocated() == 1 * GiB
+    fake_mps.allocated = 5 * GiB
+    time.sleep(20 * memory_stats.SAMPLE_INTERVAL)  # a short-lived peak between two queries
+    fake_mps.allocated = 1 * GiB
+    assert torch.cuda.memory_allocated() == 1 * GiB
+    assert torch.cuda.max_memory_allocated() == 5 * GiB
+    assert torch.cuda.memory_stats()["allocated_bytes.all.peak"] == 5 * GiB
+    torch.cuda.reset_peak_memory_stats()
+    assert torch.cuda.max_memory_allocated() == 1 * GiB
 
 
-def test_load_cuda_checkpoint_onto_mps():
-    data = cuda_tagged_checkpoint({"w": torch.arange(3.0, dtype=torch.float64), "i": torch.arange(2)})
-    with mps_session(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", TorchDeviceWarning)
-        loaded = torch.load(io.BytesIO(data))
-        assert loaded["w"].device.type == "meta" and loaded["w"].dtype == torch.float32
-        assert loaded["i"].device.type == "meta" and loaded["i"].dtype == torch.int64
+def test_synchronize_empty_cache_and_fraction_call_torch_mps(fake_mps):
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(0.5)
+    assert fake_mps.calls == [("synchronize",), ("empty_cache",), ("set_per_process_memory_fraction", 0.5)]
+    assert torch.cuda.memory_reserved() == 1 * GiB, "the cache was released"
+    assert torch.cuda.get_per_process_memory_fraction() == 0.5
 
 
-def test_fake_leaves_no_trace():
-    with mps_session():
-        pass
-    assert torch.backends.mps.is_available() is False
-    assert torch.device is torch._C.device
+def test_unmeasurable_readings_name_mps(fake_mps):
+    for name in ("utilization", "clock_rate", "temperature"):
+        with pytest.raises(TargetUnsupportedError) as info:
+            getattr(torch.cuda, name)()
+        assert f"torch.cuda.{name}()" in str(info.value) and "mps target" in str(info.value)
 
 
-def test_float64_policy_applies_to_device_objects_from_cuda_specs():
-    with mps_session(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", TorchDeviceWarning)
-        device = torch.device("cuda", 1)
-        assert device == torch._C.device("mps", 0)
-        assert torch.zeros(2, dtype=torch.float64, device=device).dtype == torch.float32
-        assert torch.randn(2, dtype=torch.float64).to(device).dtype == torch.float32
-        assert torch.randn(2, dtype=torch.float64).to(torch.device("mps")).dtype == torch.float64
+def test_coverage_reports_the_applied_mps_records(fake_mps):
+    rows = {row["name"]: row for row in coverage.coverage_rows()}
+    assert rows["synchronize"]["kind"] == "redirected"
+    assert rows["empty_cache"]["kind"] == "redirected"
+    assert rows["utilization"]["kind"] == "unsupported"
+    unclassified = [name for name, row in rows.items() if row["kind"] == coverage.UNCLASSIFIED_KIND]
+    assert unclassified == []
+
+
+def test_declared_mps_records_match_applied(fake_mps):
+    """What the coverage doc declares for MPS is what applying on MPS does (for the areas applied here)."""
+    applied = [row for row in coverage.coverage_rows() if row["kind"] in coverage.KINDS]
+    assert len(applied) > 60
+    torchdevice.unpatch()
+    declared = {row["name"]: row for row in coverage.coverage_rows("mps")}
+    assert [declared[row["name"]] for row in applied] == applied

@@ -44,15 +44,24 @@ _CUDA_STATE_BYTES = 16
 
 
 class _TargetRng:
-    """The target's default generator, as the target's own API exposes it."""
+    """The target's default generator, as the target's own API exposes it.
 
-    def __init__(self, name, generator, manual_seed, seed, get_state, set_state):
+    ``find_generator`` runs on first use, not when the records are declared:
+    declaring must not touch the device (``torchdevice.coverage`` declares the
+    records of targets this machine does not have).
+    """
+
+    def __init__(self, name, find_generator, manual_seed, seed, get_state, set_state):
         self.name = name
-        self.generator = generator
+        self._find_generator = find_generator
         self.manual_seed = manual_seed
         self.seed = seed
         self.get_state = get_state
         self.set_state = set_state
+
+    @functools.cached_property
+    def generator(self):
+        return self._find_generator()
 
     def initial_seed(self):
         if self.generator is None:
@@ -65,14 +74,14 @@ class _TargetRng:
 
 def _cpu_rng():
     gen = torch.default_generator
-    return _TargetRng("cpu", gen, gen.manual_seed, gen.seed, gen.get_state, gen.set_state)
+    return _TargetRng("cpu", lambda: gen, gen.manual_seed, gen.seed, gen.get_state, gen.set_state)
 
 
 def _mps_rng():
     mps = torch.mps
     get_generator = getattr(mps, "_get_default_mps_generator", None)
-    generator = get_generator() if get_generator is not None else None
-    return _TargetRng("mps", generator, mps.manual_seed, mps.seed, mps.get_rng_state, mps.set_rng_state)
+    find = get_generator if get_generator is not None else (lambda: None)
+    return _TargetRng("mps", find, mps.manual_seed, mps.seed, mps.get_rng_state, mps.set_rng_state)
 
 
 def _is_cuda_state(state):
@@ -179,8 +188,10 @@ def records():
     for owner in ("torch.cuda", "torch.cuda.random"):
         for name, note in _NOTES.items():
             out.append(Patch(owner, name, _adopt(api[name]), kind=REDIRECTED, note=note))
-    generators = () if rng.generator is None else (rng.generator,) * cfg.device_count
-    out.append(Patch("torch.cuda", "default_generators", lambda original: generators, kind=REDIRECTED,
+    def generators(original):
+        return () if rng.generator is None else (rng.generator,) * cfg.device_count
+
+    out.append(Patch("torch.cuda", "default_generators", generators, kind=REDIRECTED,
                      note="the target's default generator, once per CUDA index"))
     out.append(Patch("torch", "get_device_module", _get_device_module, kind=REDIRECTED,
                      note='"cuda" gives torch.cuda (its RNG API drives the target), so fork_rng works'))
