@@ -1,8 +1,6 @@
 """The .pth autoload hook, in real virtual environments, in subprocesses."""
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 

@@ -183,7 +183,6 @@ def test_no_public_function_answers_with_raw_cuda_errors(patched):
     import types
     import warnings
 
-    from torchdevice import coverage
 
     def probe(name, obj, failures):
         if isinstance(obj, types.ModuleType) or not callable(obj):

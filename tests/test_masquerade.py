@@ -1,5 +1,4 @@
 """Area "cuda" basics: user code sees a CUDA machine, torch itself sees the truth."""
-import pytest
 import torch
 
 import torchdevice

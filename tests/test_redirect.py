@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import torchdevice
 from torchdevice.core import device as core_device
 from torchdevice.ops.device import redirect
 

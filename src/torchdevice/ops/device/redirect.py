@@ -26,7 +26,7 @@ import sys
 import torch
 
 from ...core import device as _device
-from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch, active_config
+from ...core.patch import EMULATED, NOOP, REGISTRY, Patch, active_config
 
 AREA = "device"
 _MISS = object()

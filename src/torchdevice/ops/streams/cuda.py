@@ -31,8 +31,6 @@ import functools
 import itertools
 import threading
 
-import torch
-
 from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, UNSUPPORTED, Patch
 from . import graphs as _graphs
