@@ -59,3 +59,14 @@ def editable_python(tmp_path_factory):
     import venvs
 
     return venvs.create(tmp_path_factory.mktemp("editable") / "venv", editable=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Library integration tests run only when asked for (``-m integration``, as
+    ``tox -e integration`` does): they take minutes even where the libraries are installed."""
+    if "integration" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="library integration test: run with -m integration (tox -e integration)")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)

@@ -20,9 +20,16 @@ CPU = torch._C.device("cpu")
     (("cuda",), {}), (("cuda:1",), {}), (("cuda", 0), {}), ((), {"type": "cuda", "index": 0}),
     ((torch._C.device("cuda", 3),), {}),
 ])
-def test_device_constructor_maps_cuda(patched, args, kwargs):
+def test_device_objects_keep_cuda_identity(patched, args, kwargs):
     made = torch.device(*args, **kwargs)
-    assert made == CPU and type(made) is torch._C.device
+    assert type(made) is torch._C.device and made.type == "cuda", "libraries check device.type of what they built"
+    assert made == torch._C.device(*args, **kwargs)
+    assert torch.zeros(1, device=made).device == CPU and torch.ones(1).to(made).device == CPU
+
+
+def test_bare_index_names_a_cuda_device(patched):
+    assert torch.device(0) == torch._C.device("cuda", 0) and torch.device(11) == torch._C.device("cuda", 11)
+    assert torch.zeros(1, device=torch.device(1)).device == CPU
 
 
 def test_device_keeps_non_cuda(patched):
@@ -38,9 +45,9 @@ def test_device_is_still_a_type(patched):
     assert typing.Optional[torch.device] == typing.Optional[torch.device]
     union = torch.device | str
     assert isinstance(real, union) and isinstance("x", union) and not isinstance(3, union)
-    assert {torch.device("cuda"): 1}[CPU] == 1
-    assert pickle.loads(pickle.dumps(torch.device("cuda:1"))) == CPU
-    assert copy.deepcopy(torch.device("cuda")) == CPU
+    assert {torch.device("cuda"): 1}[torch._C.device("cuda")] == 1
+    assert pickle.loads(pickle.dumps(torch.device("cuda:1"))) == torch._C.device("cuda", 1)
+    assert copy.deepcopy(torch.device("cuda")) == torch._C.device("cuda")
     assert torch.device.__name__ == "device" and torch.device.__doc__ == torch._C.device.__doc__
 
 

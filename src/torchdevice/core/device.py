@@ -34,12 +34,6 @@ class Target:
 
 
 _target: Optional[Target] = None
-# CUDA index -> a distinct device object equal to the target. Each CUDA index
-# gets its own object so that ``cuda_index()`` can still tell which index a
-# program asked for (``set_device(torch.device("cuda", 1))``); equality and
-# hashing are those of the target, so nothing else can tell them apart.
-_INDEXED: Dict[int, Any] = {}
-_INDEX_OF: Dict[int, int] = {}  # id(device object) -> CUDA index
 # spec -> mapped spec. Filled lazily by map_device and pre-seeded by select().
 DEVICE_CACHE: Dict[Any, Any] = {}
 _CACHE_LIMIT = 1024
@@ -114,8 +108,6 @@ def reset() -> None:
     _target = None
     current_index = 0
     DEVICE_CACHE.clear()
-    _INDEXED.clear()
-    _INDEX_OF.clear()
 
 
 def _seed_cache(target: Target) -> None:
@@ -142,44 +134,28 @@ def map_device(spec: Any) -> Any:
     return mapped
 
 
-def _for_index(index: Optional[int]) -> Any:
-    """The target device object standing for CUDA ``index`` (None: the plain target)."""
-    if index is None:
-        return _target.device
-    made = _INDEXED.get(index)
-    if made is None and len(_INDEXED) < _CACHE_LIMIT:
-        made = _real_device_type()(_target.device.type, _target.device.index)
-        _INDEXED[index] = made
-        _INDEX_OF[id(made)] = index
-    return _target.device if made is None else made
-
-
 def _map_uncached(spec: Any) -> Any:
     target = _target
     if target is None or not target.redirect or spec is None:
         return spec
     device_type = _real_device_type()
     if type(spec) is device_type:
-        return _for_index(spec.index) if spec.type == "cuda" else spec
+        return target.device if spec.type == "cuda" else spec
     if isinstance(spec, str):
         parsed = device_type(spec)  # raises torch's own error for "cuda:x", "gpu", ...
-        return _for_index(parsed.index) if parsed.type == "cuda" else parsed
+        return target.device if parsed.type == "cuda" else parsed
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec < 0:
             return spec  # let torch raise its own error for a negative index
-        return _for_index(spec)  # torch reads a bare index as a CUDA ordinal
+        return target.device  # torch reads a bare index as a CUDA ordinal
     return spec
 
 
 def is_cuda_spec(spec: Any) -> bool:
-    """True when ``spec`` names a CUDA device (string, torch.device or index).
-
-    Device objects that ``torch.device("cuda...")`` returned while redirecting
-    count as CUDA specs: they are the target objects this module hands out.
-    """
+    """True when ``spec`` names a CUDA device (string, torch.device or index)."""
     device_type = _real_device_type()
     if type(spec) is device_type:
-        return spec.type == "cuda" or (_target is not None and spec is _target.device) or id(spec) in _INDEX_OF
+        return spec.type == "cuda"
     if isinstance(spec, str):
         return spec == "cuda" or spec.startswith("cuda:")
     return isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0
@@ -195,9 +171,6 @@ def cuda_index(spec: Any) -> int:
     if isinstance(spec, str):
         spec = device_type(spec)
     if type(spec) is device_type:
-        asked = _INDEX_OF.get(id(spec))
-        if asked is not None:
-            return asked
         return current_index if spec.index is None else spec.index
     index = getattr(spec, "idx", None)  # torch.cuda.device context objects
     if isinstance(index, int):

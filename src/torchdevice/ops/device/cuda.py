@@ -451,6 +451,11 @@ def records():
                   note="TORCHDEVICE_DEVICE_COUNT (default 1) for user code"),
             Patch("torch.cuda", "_is_compiled", _masquerade_original(True), kind=EMULATED,
                   note="True for user code, the real answer for torch itself"),
+            # NVML-based counts that libraries (and torch's own device_count) consult.
+            Patch("torch.cuda", "_device_count_nvml", _masquerade_original(count), kind=EMULATED,
+                  note="the masqueraded count for user code; torch itself gets NVML's answer"),
+            Patch("torch.cuda", "_raw_device_count_nvml", _masquerade_original(count), kind=EMULATED,
+                  note="the masqueraded count for user code; torch itself gets NVML's answer"),
             # Exists on CUDA builds only (never created: torch reads its presence as "built with CUDA").
             Patch("torch._C", "_cuda_getDeviceCount", _masquerade_original(count), kind=EMULATED,
                   note="CUDA builds: the masqueraded count for user code"),

@@ -2,11 +2,17 @@
 
 What it patches (all through core/patch.py):
 
-* ``torch.device`` becomes a stand-in type: calling it maps CUDA specs to the
-  target and returns a real ``torch.device``; ``isinstance``/``issubclass``,
-  annotations, ``Optional[torch.device]``, ``torch.device | str``, pickling
-  (torch pickles devices by looking ``torch.device`` up) and hashing keep working.
-  ``torch.Generator`` gets the same treatment.
+* ``torch.device`` becomes a stand-in type that returns real ``torch.device``
+  objects. CUDA device objects stay what they are on a GPU machine:
+  ``torch.device("cuda", 0).type == "cuda"`` (and a bare index ``torch.device(0)``
+  names ``cuda:0``), so code that checks the type of the device it built takes
+  its CUDA path, as training libraries do (docs/compatibility.md). Every API
+  below that receives such an object, a ``"cuda"`` string or a bare index
+  places the work on the target; tensors report the device they really live on.
+  ``isinstance``/``issubclass``, annotations, ``Optional[torch.device]``,
+  ``torch.device | str``, pickling (torch pickles devices by looking
+  ``torch.device`` up) and hashing keep working. ``torch.Generator`` gets the
+  same stand-in type; a CUDA generator is made on the target.
 * Every function of the ``torch`` namespace (and ``torch.fft``) that takes a
   keyword ``device``, found from torch's operator schemas and builtin
   signatures at apply time, and the ``Tensor.new_*`` methods.
@@ -267,19 +273,15 @@ def _stand_in(real, call, doc=None):
 
 
 def _device_type(original):
-    cache_get = _device.DEVICE_CACHE.get
-    resolve = _device.map_device
+    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
 
     def __call__(cls, *args, **kwargs):
-        if not kwargs and len(args) == 1:
-            try:
-                mapped = cache_get(args[0], _MISS)
-            except TypeError:
-                mapped = _MISS
-            if type(mapped) is _RealDevice:
-                return mapped
-        made = _RealDevice(*args, **kwargs)
-        return resolve(made) if made.type == "cuda" else made
+        if len(args) == 1 and not kwargs:
+            index = args[0]
+            if type(index) is int and index >= 0:
+                # A bare index names the current accelerator's device: CUDA, as on a GPU machine.
+                return cuda_devices[index] if index < 8 else _RealDevice("cuda", index)
+        return _RealDevice(*args, **kwargs)
     return _stand_in(_RealDevice, __call__)
 
 
@@ -514,7 +516,8 @@ def _compose(outer, inner_make):
 def records():
     target = _device.current()
     out = [
-        Patch("torch", "device", _device_type, note="CUDA specs give the target device"),
+        Patch("torch", "device", _device_type, kind=EMULATED,
+              note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
         Patch("torch.Tensor", "to", _tensor_to),
         Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target)),
