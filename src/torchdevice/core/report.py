@@ -73,7 +73,7 @@ class _Api:
         self.note = note
         self.used = used
         self.direct_only = direct_only
-        self.table = {}  # (caller code, instruction offset, asked) -> counter
+        self.table = {}  # (id(caller code), instruction offset, asked) -> counter
 
 
 class _State:
@@ -104,6 +104,7 @@ _state = None
 _apis = []
 _SPEC_CACHE = {}  # raw device spec -> "cuda"/"cuda:N", or None when it names no CUDA device
 _SPEC_CACHE_LIMIT = 1024
+_KEEP = {}  # id(code) -> code, for the code objects the API tables are keyed by
 
 
 class _Token:
@@ -209,14 +210,14 @@ def hook(record, owner, raw, replacement):
     special = _SPECIAL.get(api_name)
     always = special is None and (cuda_owner or record.kind == NOOP or record.kind == UNSUPPORTED)
     api = _Api(api_name, record.kind, record.note, used, direct_only=always and record.kind != UNSUPPORTED)
-    extract = special or _extractor(replacement, method, always)
-    if extract is None:
+    plan = special or _extractor(replacement, method, always)
+    if plan is None:
         return replacement  # takes no device and is not a CUDA API: never a redirection
     _apis.append(api)
     try:
         if isinstance(replacement, type):
-            return _wrap_class(replacement, api, extract, record, is_class)
-        return _wrap_function(replacement, api, extract)
+            return _wrap_class(replacement, api, _plan_function(plan), record, is_class)
+        return _wrap_function(replacement, api, plan)
     except TypeError:
         return replacement  # a type that cannot be subclassed: left as is
 
@@ -266,7 +267,13 @@ def _asked_backend(value):
 
 
 def _extractor(replacement, method, always):
-    """Build ``extract(args, kwargs) -> asked or None`` from the public signature."""
+    """How to read what a call asked for, from the public signature.
+
+    Returns a plan: ``("kw", None)`` (keyword ``device`` only), ``("const", None)``
+    (nothing to read: a CUDA API call as such), ``("slot", (index, name,
+    default))`` (one device parameter) or ``("func", extract)``; None when the
+    API takes no device and is not a CUDA API (never a redirection).
+    """
     try:
         params = list(inspect.signature(replacement).parameters.values())
     except (TypeError, ValueError):  # builtins without a text signature: keyword device only
@@ -275,15 +282,7 @@ def _extractor(replacement, method, always):
         params = params[1:]
     default = "" if always else None
     if params is None:
-        def extract(args, kwargs):
-            if kwargs:
-                spec = kwargs.get("device")
-                if spec is not None:
-                    asked = _asked_device(spec)
-                    if asked is not None:
-                        return asked
-            return default
-        return extract
+        return ("slot", (1 << 30, "device", default))
     found = []
     for index, param in enumerate(params):
         if param.name in _DEVICE_PARAMS or param.name == "backend":
@@ -293,9 +292,10 @@ def _extractor(replacement, method, always):
         elif param.kind is param.VAR_KEYWORD and not found:
             found.append(("device", None, _asked_device))
     if not found:
-        if not always:
-            return None
-        return lambda args, kwargs: ""
+        return ("const", None) if always else None
+    if len(found) == 1 and found[0][2] is _asked_device:
+        name, index, _ = found[0]
+        return ("slot", (1 << 30 if index is None else index, name, default))
 
     def extract(args, kwargs):
         for name, index, reader in found:
@@ -310,26 +310,25 @@ def _extractor(replacement, method, always):
                 if asked is not None:
                     return asked
         return default
+    return ("func", extract)
+
+
+def _plan_function(plan):
+    """The plan as a plain ``extract(args, kwargs)`` function."""
+    how, data = plan
+    if how == "func":
+        return data
+    if how == "const":
+        return lambda args, kwargs: ""
+    index, name, default = data
+
+    def extract(args, kwargs):
+        spec = args[index] if len(args) > index else (kwargs.get(name) if kwargs else None)
+        if spec is None:
+            return default
+        asked = _asked_device(spec)
+        return default if asked is None else asked
     return extract
-
-
-def _extract_to(args, kwargs):
-    # Tensor.to(self, device=None, dtype=None, ...), .to(other), .to(dtype)
-    if len(args) > 1:
-        asked = _asked_device(args[1])
-        if asked is not None:
-            return asked
-    if kwargs:
-        spec = kwargs.get("device")
-        if spec is not None:
-            return _asked_device(spec)
-    return None
-
-
-def _extract_cuda_method(args, kwargs):
-    # Tensor.cuda(self, device=None, ...), Storage.cuda(self, device=None, ...): always CUDA
-    spec = args[1] if len(args) > 1 else (kwargs.get("device") if kwargs else None)
-    return "cuda" if spec is None else (_asked_device(spec) or repr(spec))
 
 
 def _extract_type(args, kwargs):
@@ -373,15 +372,17 @@ def _extract_load(args, kwargs):
 
 
 _SPECIAL = {
-    "Tensor.to": _extract_to,
-    "Tensor.cuda": _extract_cuda_method,
-    "UntypedStorage.cuda": _extract_cuda_method,
-    "TypedStorage.cuda": _extract_cuda_method,
-    "Tensor.type": _extract_type,
-    "torch.device": _extract_device_type,
-    "torch.Generator": _extract_generator,
-    "torch.load": _extract_load,
-    "torch.serialization.load": _extract_load,
+    # Tensor.to(self, device=None, dtype=None, ...), .to(other), .to(dtype)
+    "Tensor.to": ("slot", (1, "device", None)),
+    # Tensor.cuda(self, device=None, ...) and Storage.cuda: always CUDA
+    "Tensor.cuda": ("slot", (1, "device", "cuda")),
+    "UntypedStorage.cuda": ("slot", (1, "device", "cuda")),
+    "TypedStorage.cuda": ("slot", (1, "device", "cuda")),
+    "Tensor.type": ("func", _extract_type),
+    "torch.device": ("func", _extract_device_type),
+    "torch.Generator": ("func", _extract_generator),
+    "torch.load": ("func", _extract_load),
+    "torch.serialization.load": ("func", _extract_load),
 }
 
 
@@ -419,7 +420,10 @@ def _counter(api, frame, asked):
                 counter = state.entries[key] = itertools.count()
                 state.via[key] = via
     if cacheable:
-        api.table[(frame.f_code, frame.f_lasti, asked)] = counter
+        # Keyed by id(): hashing a code object hashes its contents. _KEEP holds
+        # the code object, so that its id cannot be reused while cached.
+        _KEEP[id(frame.f_code)] = frame.f_code
+        api.table[(id(frame.f_code), frame.f_lasti, asked)] = counter
     return counter
 
 
@@ -439,24 +443,69 @@ def _value(counter):
     return int(repr(counter)[6:-1])
 
 
-def _wrap_function(fn, api, extract):
+def _wrap_function(fn, api, plan):
+    """The recorder around ``fn``. Each template inlines the common case."""
     getframe = sys._getframe
     table_get = api.table.get
     counter_for = _counter
+    spec_get = _SPEC_CACHE.get
+    asked_device = _asked_device
+    miss = _MISS
+    how, data = plan
 
     if api.kind == UNSUPPORTED:
+        extract = _plan_function(plan)
+
         def recorder(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
                 _record_error(api, getframe(1), extract(args, kwargs) or "", exc)
                 raise
+    elif how == "const":
+        def recorder(*args, **kwargs):
+            frame = getframe(1)
+            counter = table_get((id(frame.f_code), frame.f_lasti, ""))
+            if counter is None:
+                counter = counter_for(api, frame, "")
+            next(counter)
+            return fn(*args, **kwargs)
+    elif how == "slot":
+        index, name, default = data
+
+        def recorder(*args, **kwargs):
+            if len(args) > index:
+                spec = args[index]
+            elif kwargs:
+                spec = kwargs.get(name)
+            else:
+                spec = None
+            if spec is None:
+                asked = default
+            else:
+                try:
+                    asked = spec_get(spec, miss)
+                except TypeError:
+                    asked = miss
+                if asked is miss:
+                    asked = asked_device(spec)
+                if asked is None:
+                    asked = default
+            if asked is not None:
+                frame = getframe(1)
+                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
+                if counter is None:
+                    counter = counter_for(api, frame, asked)
+                next(counter)
+            return fn(*args, **kwargs)
     else:
+        extract = data
+
         def recorder(*args, **kwargs):
             asked = extract(args, kwargs)
             if asked is not None:
                 frame = getframe(1)
-                counter = table_get((frame.f_code, frame.f_lasti, asked))
+                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
                 if counter is None:
                     counter = counter_for(api, frame, asked)
                 next(counter)
@@ -486,7 +535,7 @@ def _wrap_class(cls, api, extract, record, owner_is_class):
             asked = extract(args, kwargs)
             if asked is not None:
                 frame = getframe(1)
-                counter = table_get((frame.f_code, frame.f_lasti, asked))
+                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
                 if counter is None:
                     counter = counter_for(api, frame, asked)
                 next(counter)
