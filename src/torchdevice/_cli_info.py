@@ -50,10 +50,10 @@ def autoload_state(environ=None):
     env = os.environ if environ is None else environ
     found = [os.path.join(d, _PTH) for d in _site_dirs() if os.path.isfile(os.path.join(d, _PTH))]
     disabled = env.get(config.DISABLE, "").strip().lower() in config.TRUE_WORDS
-    if not found:
-        why = "the .pth is not installed in this environment's site-packages"
-    elif sys.flags.no_site:
+    if sys.flags.no_site:
         why = "python was started with -S, so site-packages .pth files were not read"
+    elif not found:
+        why = "the .pth is not installed in this environment's site-packages"
     elif disabled:
         why = f"{config.DISABLE}={env.get(config.DISABLE)}"
     else:

@@ -12,11 +12,15 @@ neither repeats nor hides its lines. What each level shows:
 * WARNING: only what a user must know (a patch area that failed to apply).
 
 Behaviour a user must know about while their program runs (a dtype changed, a
-feature emulated approximately) is a ``TorchDeviceWarning``, so that
-``-W ignore::torchdevice.TorchDeviceWarning`` silences it: ``warn_once`` shows
-a message once per process, ``warn_once_per_site`` once per line of the
-user's code that triggered it, attributed to that line. Neither does any work
-per call until the caller has decided to warn.
+feature emulated approximately) is a ``TorchDeviceWarning`` whose message
+starts with ``torchdevice:``: ``warn_once`` shows a message once per process,
+``warn_once_per_site`` once per line of the user's code that triggered it,
+attributed to that line. Neither does any work per call until the caller has
+decided to warn. To silence them: ``python -W "ignore:torchdevice"`` (or the
+same in ``PYTHONWARNINGS``; a filter naming the category by module path cannot
+work there, because Python reads ``-W`` before site-packages is on the path),
+or ``warnings.filterwarnings("ignore", category=torchdevice.TorchDeviceWarning)``
+in code.
 """
 import logging
 import warnings
@@ -26,6 +30,13 @@ ROOT = "torchdevice"
 
 class TorchDeviceWarning(UserWarning):
     """A one-time notice about something torchdevice changed in your program."""
+
+
+PREFIX = "torchdevice: "
+
+
+def _prefixed(message: str) -> str:
+    return message if message.startswith(PREFIX) else PREFIX + message
 
 
 def get_logger(area: str = "") -> logging.Logger:
@@ -48,11 +59,14 @@ _warned = set()
 
 
 def warn_once(key, message: str, stacklevel: int = 3) -> None:
-    """Emit ``message`` as a TorchDeviceWarning the first time ``key`` is seen."""
+    """Emit ``message`` as a TorchDeviceWarning the first time ``key`` is seen.
+
+    The message gets the ``torchdevice: `` prefix if it lacks it.
+    """
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(message, TorchDeviceWarning, stacklevel=stacklevel)
+    warnings.warn(_prefixed(message), TorchDeviceWarning, stacklevel=stacklevel)
 
 
 _warned_sites = set()
@@ -79,6 +93,6 @@ def warn_once_per_site(key, message: str) -> None:
         return
     _warned_sites.add(site)
     module = frame.f_globals.get("__name__", "__main__")
-    warnings.warn_explicit(message, TorchDeviceWarning, code.co_filename, frame.f_lineno, module=module,
+    warnings.warn_explicit(_prefixed(message), TorchDeviceWarning, code.co_filename, frame.f_lineno, module=module,
                            registry=frame.f_globals.setdefault("__warningregistry__", {}),
                            module_globals=frame.f_globals)
