@@ -346,3 +346,39 @@ def test_torchrun_ranks_are_merged_by_the_launcher(tmp_path):
         ("child", 0), ("child", 1)]
     got = sorted((r["api"], r["line"], r["asked"], r["count"]) for r in data["calls"])
     assert got == [("torch.ones", 4, "cuda:0", 1), ("torch.ones", 4, "cuda:1", 1)]
+
+
+def test_pin_memory_flag_and_method(recording):
+    import types
+
+    module = types.ModuleType("td_fake_data")
+    sys.modules["td_fake_data"] = module
+
+    class Loader:
+        def __init__(self, dataset, batch_size=1, pin_memory=False, pin_memory_device=""):
+            self.pin_memory = pin_memory
+
+    try:
+        record = Patch("td_fake_data.Loader", "__init__", lambda original: original, kind=_patch.NOOP)
+        init = report.hook(record, Loader, Loader.__dict__["__init__"], Loader.__dict__["__init__"])
+        Loader.__init__ = init
+        Loader([1], pin_memory=True)  # site: pin flag
+        Loader([1], 2, True)  # site: pin positional
+        Loader([1])  # no pinning asked: not recorded
+    finally:
+        del sys.modules["td_fake_data"]
+    x = torch.zeros(2)
+    x.pin_memory()  # site: pin method
+    rows = recording()["calls"]
+    got = sorted((r["api"], r["line"], r["asked"]) for r in rows if r["file"] == HERE)
+    assert got == sorted([
+        ("Loader.__init__", line_of("site: pin flag"), "pin_memory=True"),
+        ("Loader.__init__", line_of("site: pin positional"), "pin_memory=True"),
+        ("Tensor.pin_memory", line_of("site: pin method"), ""),
+    ])
+
+
+def test_pass_through_report_says_nothing_was_redirected():
+    text = report.render_text({"target": "cuda:0", "reason": "real CUDA is available: pass-through",
+                               "processes": [{}], "calls": [], "unsupported": [], "dropped": 0})
+    assert text == "torchdevice migration report: nothing was redirected (real CUDA is available: pass-through)\n"

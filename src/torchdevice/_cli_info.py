@@ -178,11 +178,16 @@ def render(info) -> str:
     for area, state in info["areas"].items():
         applied, skipped = len(state["applied"]), state["skipped"]
         detail = f"{applied} patches" if state["state"] == "applied" else state["reason"]
+        deferred = state.get("deferred", [])
         if skipped:
             detail += f", {len(skipped)} skipped"
+        if deferred:
+            detail += f", {len(deferred)} deferred"
         lines.append(f"  {area.ljust(12)} {state['state']}: {detail}")
         for item in skipped:
             lines.append(f"      skipped {item['target']}: {item['reason']}")
+        for item in deferred:
+            lines.append(f"      deferred {item['target']}: {item['reason']}")
     return "\n".join(lines) + "\n"
 
 

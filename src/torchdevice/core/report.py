@@ -29,12 +29,12 @@ its records there when it exits; the root merges them into one report when it
 exits, after multiprocessing has joined its children.
 
 What is recorded: calls that asked for CUDA (a ``device``, ``device_ids``,
-``output_device``, ``map_location`` or ``backend`` argument naming CUDA/NCCL,
-``Tensor.cuda``, ``torch.device("cuda")``, legacy ``torch.cuda.FloatTensor``
-types), every call of a patched ``torch.cuda.*`` (or ``torch.backends.cuda*``)
-API made directly by the program, direct calls of patched no-ops elsewhere
-(``Tensor.pin_memory``), and calls of UNSUPPORTED APIs, recorded with their
-error before it propagates.
+``output_device``, ``pin_memory_device``, ``map_location`` or ``backend``
+argument naming CUDA/NCCL, ``pin_memory=True``, ``Tensor.cuda``,
+``torch.device("cuda")``, legacy ``torch.cuda.FloatTensor`` types), every call
+of a patched ``torch.cuda.*`` (or ``torch.backends.cuda*``) API and of
+``Tensor.pin_memory`` made directly by the program, and calls of UNSUPPORTED
+APIs, recorded with their error before it propagates.
 """
 import functools
 import inspect
@@ -48,7 +48,7 @@ import types
 import uuid
 
 from . import sites
-from .patch import EMULATED, NOOP, UNSUPPORTED
+from .patch import UNSUPPORTED
 
 SCHEMA = "torchdevice.report/1"
 SPOOL_ENV = "_TORCHDEVICE_REPORT_SPOOL"
@@ -58,7 +58,7 @@ _NULL = itertools.count()  # counter for calls that are not recorded
 _lock = threading.Lock()
 
 # Parameters whose value says which device or backend a call asked for.
-_DEVICE_PARAMS = ("device", "device_ids", "output_device")
+_DEVICE_PARAMS = ("device", "device_ids", "output_device", "pin_memory_device")
 _CUDA_OWNERS = ("torch.cuda", "torch.backends.cuda", "torch.backends.cudnn")
 
 
@@ -186,9 +186,20 @@ def _finish():
 
 
 def discard():
-    """Stop this process from writing anything at exit (used by tests)."""
-    if _state is not None:
-        _state.written = True
+    """Stop this process from writing anything at exit (tests, benchmarks).
+
+    In the root process the spool directory is removed as well.
+    """
+    import shutil
+
+    state = _state
+    if state is None:
+        return
+    state.written = True
+    if state.is_root and state.spool:
+        shutil.rmtree(state.spool, ignore_errors=True)
+        if os.environ.get(SPOOL_ENV) == state.spool:
+            del os.environ[SPOOL_ENV]
 
 
 # -- the registry hook ----------------------------------------------------------------
@@ -208,9 +219,10 @@ def hook(record, owner, raw, replacement):
     else:
         return replacement  # constants, descriptors, instances: nothing to count
     special = _SPECIAL.get(api_name)
-    always = special is None and (cuda_owner or record.kind == NOOP or record.kind == UNSUPPORTED)
-    api = _Api(api_name, record.kind, record.note, used, direct_only=always and record.kind != UNSUPPORTED)
+    always = special is None and (cuda_owner or record.kind == UNSUPPORTED)
     plan = special or _extractor(replacement, method, always)
+    direct_only = (always or (plan is not None and plan[0] == "const")) and record.kind != UNSUPPORTED
+    api = _Api(api_name, record.kind, record.note, used, direct_only=direct_only)
     if plan is None:
         return replacement  # takes no device and is not a CUDA API: never a redirection
     _apis.append(api)
@@ -260,6 +272,10 @@ def _describe_unhashable(spec):
     return None
 
 
+def _asked_pin(value):
+    return "pin_memory=True" if value is True else None
+
+
 def _asked_backend(value):
     if isinstance(value, str) and "nccl" in value.lower():
         return value
@@ -285,9 +301,9 @@ def _extractor(replacement, method, always):
         return ("slot", (1 << 30, "device", default))
     found = []
     for index, param in enumerate(params):
-        if param.name in _DEVICE_PARAMS or param.name == "backend":
+        if param.name in _DEVICE_PARAMS or param.name in ("backend", "pin_memory"):
             positional = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
-            reader = _asked_backend if param.name == "backend" else _asked_device
+            reader = {"backend": _asked_backend, "pin_memory": _asked_pin}.get(param.name, _asked_device)
             found.append((param.name, (index + method) if positional else None, reader))
         elif param.kind is param.VAR_KEYWORD and not found:
             found.append(("device", None, _asked_device))
@@ -379,6 +395,8 @@ _SPECIAL = {
     "UntypedStorage.cuda": ("slot", (1, "device", "cuda")),
     "TypedStorage.cuda": ("slot", (1, "device", "cuda")),
     "Tensor.type": ("func", _extract_type),
+    # Tensor.pin_memory(): a no-op here; only meaningful for CUDA code, so every direct call counts
+    "Tensor.pin_memory": ("const", None),
     "torch.device": ("func", _extract_device_type),
     "torch.Generator": ("func", _extract_generator),
     "torch.load": ("func", _extract_load),
@@ -710,7 +728,7 @@ def render_text(report, cwd=None):
     lines = [f"torchdevice migration report: {len(calls)} call site(s) ran on {report['target']} "
              f"instead of CUDA ({where}; target: {report['reason']})"]
     if not calls and not unsupported:
-        lines.append("  no CUDA call was redirected.")
+        lines = [f"torchdevice migration report: nothing was redirected ({report['reason']})"]
     header = ("count", "site", "api", "kind", "asked", "used")
 
     def table(rows, extra=None):
