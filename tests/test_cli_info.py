@@ -138,3 +138,18 @@ def test_coverage_missing_module(monkeypatch, capsys):
     assert cli.main(["coverage"]) == 1
     assert capsys.readouterr().err == ("torchdevice coverage: the torch.cuda coverage table is not part of this "
                                        "build of torchdevice\n")
+
+
+def test_real_coverage_module_end_to_end():
+    """Runs once torchdevice.coverage exists (it is written on another branch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchdevice.coverage") is None:
+        pytest.skip("torchdevice.coverage is not part of this checkout")
+    for env in (clean_env(), clean_env(TORCHDEVICE_DISABLE="1")):
+        done = subprocess.run([sys.executable, "-m", "torchdevice", "coverage", "--json"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        rows = {row["name"]: row for row in json.loads(done.stdout)}
+        assert rows["synchronize"]["kind"] in ("no-op", "redirected")
+        assert set(rows["synchronize"]) == {"name", "kind", "note"}

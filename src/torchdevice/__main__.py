@@ -139,6 +139,10 @@ def main(argv=None) -> int:
 def _coverage(options) -> int:
     import importlib
 
+    # Import torch first: if autoload is armed, torchdevice activates now and
+    # the table shows the records this process really applied.
+    import torch  # noqa: F401
+
     try:
         coverage = importlib.import_module("torchdevice.coverage")
     except ModuleNotFoundError as exc:
