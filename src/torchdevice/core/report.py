@@ -65,7 +65,7 @@ _CUDA_OWNERS = ("torch.cuda", "torch.backends.cuda", "torch.backends.cudnn")
 class _Api:
     """One wrapped API: its display name, what it runs on, its own site table."""
 
-    __slots__ = ("name", "kind", "note", "used", "table", "direct_only", "__weakref__")
+    __slots__ = ("name", "kind", "note", "used", "table", "fast", "direct_only", "__weakref__")
 
     def __init__(self, name, kind, note, used, direct_only):
         self.name = name
@@ -74,6 +74,9 @@ class _Api:
         self.used = used
         self.direct_only = direct_only
         self.table = {}  # (id(caller code), instruction offset, asked) -> counter
+        # instruction offset -> (caller code, asked, counter): the last site seen
+        # at that offset, checked by identity (cheaper than building a tuple key)
+        self.fast = {}
 
 
 class _State:
@@ -158,6 +161,7 @@ def _after_fork():
     state.clear()
     for api in _apis:
         api.table.clear()
+        api.fast.clear()
 
 
 def _after_mp_fork(token):
@@ -442,7 +446,19 @@ def _counter(api, frame, asked):
         # the code object, so that its id cannot be reused while cached.
         _KEEP[id(frame.f_code)] = frame.f_code
         api.table[(id(frame.f_code), frame.f_lasti, asked)] = counter
+        if len(api.fast) < MAX_SITES:
+            api.fast[frame.f_lasti] = (frame.f_code, asked, counter)
     return counter
+
+
+def _slow_next(api, frame, asked):
+    """Count a call whose (code, offset, asked) is not the one cached for its offset."""
+    counter = api.table.get((id(frame.f_code), frame.f_lasti, asked))
+    if counter is None:
+        counter = _counter(api, frame, asked)
+    elif len(api.fast) < MAX_SITES:
+        api.fast[frame.f_lasti] = (frame.f_code, asked, counter)
+    next(counter)
 
 
 def _record_error(api, frame, asked, exc):
@@ -464,8 +480,8 @@ def _value(counter):
 def _wrap_function(fn, api, plan):
     """The recorder around ``fn``. Each template inlines the common case."""
     getframe = sys._getframe
-    table_get = api.table.get
-    counter_for = _counter
+    fast_get = api.fast.get
+    slow_next = _slow_next
     spec_get = _SPEC_CACHE.get
     asked_device = _asked_device
     miss = _MISS
@@ -483,10 +499,11 @@ def _wrap_function(fn, api, plan):
     elif how == "const":
         def recorder(*args, **kwargs):
             frame = getframe(1)
-            counter = table_get((id(frame.f_code), frame.f_lasti, ""))
-            if counter is None:
-                counter = counter_for(api, frame, "")
-            next(counter)
+            node = fast_get(frame.f_lasti)
+            if node is not None and node[0] is frame.f_code:
+                next(node[2])
+            else:
+                slow_next(api, frame, "")
             return fn(*args, **kwargs)
     elif how == "slot":
         index, name, default = data
@@ -511,10 +528,11 @@ def _wrap_function(fn, api, plan):
                     asked = default
             if asked is not None:
                 frame = getframe(1)
-                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
-                if counter is None:
-                    counter = counter_for(api, frame, asked)
-                next(counter)
+                node = fast_get(frame.f_lasti)
+                if node is not None and node[0] is frame.f_code and node[1] == asked:
+                    next(node[2])
+                else:
+                    slow_next(api, frame, asked)
             return fn(*args, **kwargs)
     else:
         extract = data
@@ -523,10 +541,11 @@ def _wrap_function(fn, api, plan):
             asked = extract(args, kwargs)
             if asked is not None:
                 frame = getframe(1)
-                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
-                if counter is None:
-                    counter = counter_for(api, frame, asked)
-                next(counter)
+                node = fast_get(frame.f_lasti)
+                if node is not None and node[0] is frame.f_code and node[1] == asked:
+                    next(node[2])
+                else:
+                    slow_next(api, frame, asked)
             return fn(*args, **kwargs)
     functools.update_wrapper(recorder, fn)
     recorder._torchdevice_recorder = api
@@ -538,8 +557,8 @@ def _wrap_class(cls, api, extract, record, owner_is_class):
     meta = type(cls)
     meta_call = meta.__call__
     getframe = sys._getframe
-    table_get = api.table.get
-    counter_for = _counter
+    fast_get = api.fast.get
+    slow_next = _slow_next
 
     if api.kind == UNSUPPORTED:
         def __call__(klass, *args, **kwargs):
@@ -553,10 +572,11 @@ def _wrap_class(cls, api, extract, record, owner_is_class):
             asked = extract(args, kwargs)
             if asked is not None:
                 frame = getframe(1)
-                counter = table_get((id(frame.f_code), frame.f_lasti, asked))
-                if counter is None:
-                    counter = counter_for(api, frame, asked)
-                next(counter)
+                node = fast_get(frame.f_lasti)
+                if node is not None and node[0] is frame.f_code and node[1] == asked:
+                    next(node[2])
+                else:
+                    slow_next(api, frame, asked)
             return meta_call(klass, *args, **kwargs)
 
     def __instancecheck__(klass, obj):
