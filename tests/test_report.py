@@ -382,3 +382,11 @@ def test_pass_through_report_says_nothing_was_redirected():
     text = report.render_text({"target": "cuda:0", "reason": "real CUDA is available: pass-through",
                                "processes": [{}], "calls": [], "unsupported": [], "dropped": 0})
     assert text == "torchdevice migration report: nothing was redirected (real CUDA is available: pass-through)\n"
+
+
+def test_alternating_asks_at_one_instruction_are_counted_apart(recording):
+    for index in [0, 1, 0, 1, 1]:
+        torch.zeros(1, device=f"cuda:{index}")  # site: alternating
+    rows = rows_for(recording(), "torch.zeros")
+    assert sorted((r["line"], r["asked"], r["count"]) for r in rows) == [
+        (line_of("site: alternating"), "cuda:0", 2), (line_of("site: alternating"), "cuda:1", 3)]

@@ -12,8 +12,10 @@ imported and the very objects the area modules built are installed.
 How it stays cheap when on: a recorder first extracts what the call asked for
 (a CUDA device spec, through a small cache); calls that ask for nothing CUDA
 cost one extraction. A redirected call reads the caller's frame
-(``sys._getframe``), looks ``(code, instruction offset, asked)`` up in the
-API's own table and advances an ``itertools.count`` (atomic in CPython). Only
+(``sys._getframe``), looks the caller's instruction offset up in the API's own
+table, checks the cached code object and asked value by identity, and advances
+an ``itertools.count`` (atomic in CPython); on a mismatch a second table keyed
+by ``(id(code), offset, asked)`` decides. Only
 the first call from a site classifies frames (core/sites.py) and walks the stack
 to the user's own frame when torch called on the user's behalf (``model.cuda()``
 calling ``Tensor.cuda`` per parameter). Line numbers are computed at exit.
