@@ -45,8 +45,8 @@ def _prepare(report) -> int:
         value = "1" if report == "-" else report
         try:
             config.load({config.REPORT: value})
-        except config.ConfigError as exc:
-            _error(str(exc).replace(f"{config.REPORT}=", "--report ").replace("torchdevice: ", ""))
+        except config.ConfigError:
+            _error(f"--report {report!r} is not valid: give '-' for a table on stderr or a path ending in .json")
             return 2
         os.environ[config.REPORT] = value
     os.environ.pop(config.DISABLE, None)
