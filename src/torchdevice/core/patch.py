@@ -79,6 +79,11 @@ class _Missing:
 MISSING = _Missing()
 MARK = "__torchdevice_patch__"
 
+# The migration report's apply-time hook (core/report.py), set by activate()
+# only when TORCHDEVICE_REPORT is on: it wraps each replacement in a call-site
+# recorder. While it is None, exactly the objects make() returned are installed.
+_report_hook: Optional[Callable[[Any, Any, Any, Any], Any]] = None
+
 
 @dataclass(frozen=True)
 class Patch:
@@ -265,6 +270,8 @@ class Registry:
             other = self._by_target[ident]
             raise RuntimeError(f"{record.target} is already patched by another record ({other.record.target})")
         replacement = record.make(original)
+        if _report_hook is not None:
+            replacement = _report_hook(record, owner, raw, replacement)
         _mark(replacement, original)
         stored = staticmethod(replacement) if isinstance(raw, staticmethod) else replacement
         if record.key is not None:
@@ -394,7 +401,7 @@ def activate(config: Optional[_config.Config] = None, strict: Optional[bool] = N
     second call changes nothing; a different config while active only warns
     (call ``unpatch()`` first to switch).
     """
-    global _active_config
+    global _active_config, _report_hook
     from . import device as _device
 
     with _activation_lock:
@@ -407,11 +414,19 @@ def activate(config: Optional[_config.Config] = None, strict: Optional[bool] = N
                         "(call torchdevice.unpatch() before patching with new settings)")
             return status()
         target = _device.select(cfg)
+        first = _active_config is None
         _active_config = cfg
+        if cfg.report:
+            from . import report as _report
+
+            _report_hook = _report.start(cfg, target)
+        else:
+            _report_hook = None
         if not target.redirect:
             for area in AREAS:
                 REGISTRY.mark(area, "passthrough", target.reason)
-            log.debug("pass-through: %s", target.reason)
+            if first:
+                log.info("not redirecting: %s", target.reason)
             return status()
         for area, module_name in AREAS.items():
             if REGISTRY.is_applied(area):
@@ -438,18 +453,20 @@ def activate(config: Optional[_config.Config] = None, strict: Optional[bool] = N
                 log.warning("patch area %r failed and was rolled back (%s: %s); the other areas still apply",
                             area, type(exc).__name__, exc)
                 log.debug("area %r failure", area, exc_info=True)
-        log.debug("active: target %s (%s)", target.device, target.reason)
+        if first:
+            log.info("CUDA calls run on %s (%s)", target.device, target.reason)
         return status()
 
 
 def deactivate() -> None:
     """Undo every patch (``torchdevice.unpatch()``)."""
-    global _active_config
+    global _active_config, _report_hook
     from . import device as _device
 
     with _activation_lock:
         REGISTRY.unpatch()
         _active_config = None
+        _report_hook = None
         _device.reset()
 
 

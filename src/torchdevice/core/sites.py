@@ -1,0 +1,134 @@
+"""Which stack frames are the user's own code: the call sites of reports and warnings.
+
+A frame is classified by the file its code object comes from, once per code
+object (the answer is cached in ``CODE_CLASS``):
+
+* ``LIBRARY``: torch (with its sibling packages functorch and torchgen) and
+  torchdevice itself;
+* ``STDLIB``: the standard library, frozen modules (``<frozen runpy>``) and
+  other ``<...>`` pseudo-files except ``<string>``/``<stdin>``;
+* ``USER``: everything else: the program, its own modules, third-party
+  packages in site-packages, code run with ``python -c``.
+
+``user_site(frame)`` walks from ``frame`` towards the program's entry point and
+returns the first user frame plus the library function the user called (the
+"via", e.g. ``torch.nn.modules.module:Module.cuda`` for ``model.cuda()``).
+
+Nothing here runs on a hot path unless a feature that needs call sites (the
+migration report, a once-per-call-site warning) is on. Standard library only;
+torch's location is read from ``sys.modules`` when first needed.
+"""
+import os
+import sys
+import sysconfig
+
+USER = 0
+LIBRARY = 1
+STDLIB = 2
+
+# code object -> USER / LIBRARY / STDLIB. Grows with the number of distinct
+# functions seen on call-site paths, which is bounded by the program's code.
+CODE_CLASS = {}
+_prefixes = None  # (library prefixes, stdlib prefixes, site-packages prefixes)
+_prefixes_know_torch = False
+_USER_PSEUDO_FILES = ("<string>", "<stdin>")
+
+
+def _dir_of(module_name):
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else None
+
+
+def _with_sep(paths):
+    out = []
+    for path in paths:
+        if path:
+            for variant in {os.path.abspath(path), os.path.realpath(path)}:
+                out.append(os.path.normcase(variant).rstrip(os.sep) + os.sep)
+    return tuple(sorted(set(out), key=len, reverse=True))
+
+
+def _compute_prefixes():
+    library = [_dir_of("torchdevice")]
+    torch_dir = _dir_of("torch")
+    if torch_dir:
+        parent = os.path.dirname(torch_dir)
+        library += [torch_dir, os.path.join(parent, "functorch"), os.path.join(parent, "torchgen")]
+    paths = sysconfig.get_paths()
+    stdlib = [paths.get("stdlib"), paths.get("platstdlib")]
+    site_dirs = [paths.get("purelib"), paths.get("platlib")]
+    try:
+        import site
+
+        site_dirs += list(site.getsitepackages()) + [site.getusersitepackages()]
+    except (AttributeError, ImportError):  # virtualenv's old site.py, embedded interpreters
+        pass
+    site_dirs += [p for p in sys.path if p and os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")]
+    return _with_sep(library), _with_sep(stdlib), _with_sep(site_dirs)
+
+
+def classify_file(filename: str) -> int:
+    """USER, LIBRARY or STDLIB for a code object's ``co_filename``."""
+    global _prefixes, _prefixes_know_torch
+    if filename.startswith("<"):
+        return USER if filename in _USER_PSEUDO_FILES or filename.startswith("<ipython") else STDLIB
+    if _prefixes is None or (not _prefixes_know_torch and "torch" in sys.modules):
+        _prefixes_know_torch = "torch" in sys.modules
+        _prefixes = _compute_prefixes()
+        CODE_CLASS.clear()  # answers given before torch was located may be wrong
+    library, stdlib, site_dirs = _prefixes
+    path = os.path.normcase(os.path.abspath(filename))
+    if path.startswith(library):
+        return LIBRARY
+    if path.startswith(stdlib) and not path.startswith(site_dirs):
+        return STDLIB
+    return USER
+
+
+def classify(code) -> int:
+    """The class of a code object (cached)."""
+    kind = CODE_CLASS.get(code)
+    if kind is None:
+        kind = CODE_CLASS[code] = classify_file(code.co_filename)
+    return kind
+
+
+def function_name(frame) -> str:
+    """``module:qualname`` of the function running in ``frame``."""
+    code = frame.f_code
+    name = getattr(code, "co_qualname", code.co_name)
+    return f"{frame.f_globals.get('__name__', '?')}:{name}"
+
+
+def user_site(frame):
+    """(user frame, via) for the first user frame at or above ``frame``.
+
+    ``via`` is ``None`` when ``frame`` itself is user code, else the
+    ``module:qualname`` of the library function the user frame called. Returns
+    ``(None, None)`` when no frame on the stack is user code.
+    """
+    below = None
+    while frame is not None:
+        code = frame.f_code
+        kind = CODE_CLASS.get(code)
+        if kind is None:
+            kind = classify(code)
+        if kind == USER:
+            return frame, (None if below is None else function_name(below))
+        if kind == LIBRARY:
+            below = frame
+        frame = frame.f_back
+    return None, None
+
+
+def display_path(filename: str, cwd=None) -> str:
+    """``filename`` relative to the working directory when it lies below it."""
+    if filename.startswith("<"):
+        return filename
+    cwd = os.getcwd() if cwd is None else cwd
+    try:
+        relative = os.path.relpath(filename, cwd)
+    except ValueError:  # another drive on Windows
+        return filename
+    return filename if relative.startswith(os.pardir) else relative
