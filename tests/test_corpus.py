@@ -77,8 +77,7 @@ _TIMING = re.compile(r", time [\d.]+ms")
 
 
 def _gpt_session(python, workdir, env, *device):
-    out = workdir / "out"
-    common = ["--out_dir", out, *device]
+    common = ["--out_dir", "out", *device]  # relative to workdir: the printed paths match
     first = succeeded(run_program(python, "gpt.py", *common, "--max_iters", 20, env=env, cwd=workdir))
     resumed = succeeded(run_program(python, "gpt.py", *common, "--init_from", "resume", "--max_iters", 40,
                                     env=env, cwd=workdir))
