@@ -5,6 +5,7 @@ torch here patches nothing by itself; tests activate explicitly and strictly
 with the ``patched`` fixture, and check the autoload path in subprocesses and
 fresh virtual environments (tests/test_autoload.py).
 """
+import io
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import textwrap
 
 import pytest
 
-import torch  # noqa: F401
+import torch
 import torchdevice
 
 
@@ -43,6 +44,21 @@ def run_python(code, python=sys.executable, env=None, args=(), cwd=None, timeout
     """Run ``code`` (dedented) in a fresh interpreter; return the CompletedProcess."""
     return subprocess.run([python, "-c", textwrap.dedent(code), *args], env=env if env is not None else clean_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def cuda_tagged_checkpoint(obj, zipfile=True, location="cuda:1"):
+    """A real torch.save file whose storages carry the location tag ``location``,
+    as a checkpoint saved from that GPU does."""
+    import torch.serialization as serialization
+
+    buffer = io.BytesIO()
+    original = serialization.location_tag
+    serialization.location_tag = lambda storage: location
+    try:
+        torch.save(obj, buffer, _use_new_zipfile_serialization=zipfile)
+    finally:
+        serialization.location_tag = original
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,12 @@
 """Unmodified CUDA-style scripts, run under the installed autoload, match native CPU runs."""
-import re
 from pathlib import Path
 
 import pytest
 
 from conftest import clean_env, run_python
+from porting import PROGRAMS, cpu_version
 
 pytestmark = pytest.mark.venv
-PROGRAMS = Path(__file__).parent / "programs"
-
-
-def cpu_version(source: str) -> str:
-    """The same program as one would write it for the CPU: device strings and .cuda() say cpu,
-    and the CUDA availability check is dropped (torch.cuda's seeding calls stay: they are
-    harmless no-ops in a CPU-only torch)."""
-    source = re.sub(r"([\"'])cuda(:\d+)?\1", r"\1cpu\1", source)
-    return source.replace(".cuda()", ".cpu()").replace("torch.cuda.is_available()", "True")
 
 
 def test_tiny_train_matches_native_cpu(wheel_python, tmp_path):

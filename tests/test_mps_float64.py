@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fake_mps import mps_session
-from test_redirect import cuda_tagged_checkpoint
+from conftest import cuda_tagged_checkpoint
 from torchdevice import TorchDeviceWarning
 from torchdevice.core import logger
 
@@ -99,3 +99,31 @@ def test_float64_policy_applies_to_device_objects_from_cuda_specs():
         assert torch.zeros(2, dtype=torch.float64, device=device).dtype == torch.float32
         assert torch.randn(2, dtype=torch.float64).to(device).dtype == torch.float32
         assert torch.randn(2, dtype=torch.float64).to(torch.device("mps")).dtype == torch.float64
+
+
+def test_set_default_tensor_type_cuda_on_mps():
+    with mps_session(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own deprecation warning
+        try:
+            torch.set_default_tensor_type("torch.cuda.FloatTensor")
+            assert torch.get_default_device() == torch._C.device("mps", 0)
+            assert torch.get_default_dtype() == torch.float32
+            torch.set_default_tensor_type("torch.cuda.DoubleTensor")  # no float64 on MPS: downcast
+            assert torch.get_default_dtype() == torch.float32
+            torch.set_default_tensor_type("torch.FloatTensor")
+            assert torch.get_default_device() == torch._C.device("cpu")
+        finally:
+            torch.set_default_device(None)
+            torch.set_default_dtype(torch.float32)
+
+
+def test_set_default_tensor_type_double_with_cpu_policy():
+    with mps_session(mps_float64="cpu"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            torch.set_default_tensor_type("torch.cuda.DoubleTensor")
+            assert torch.get_default_dtype() == torch.float64
+            assert torch.get_default_device() == torch._C.device("cpu")
+        finally:
+            torch.set_default_device(None)
+            torch.set_default_dtype(torch.float32)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import torchdevice
+from conftest import cuda_tagged_checkpoint
 from torchdevice.core import device as core_device
 from torchdevice.ops.device import redirect
 
@@ -174,6 +176,57 @@ def test_pinned_memory(patched):
     assert t.is_pinned() is False
 
 
+def test_dataloader_pin_memory_is_quiet_and_keeps_data(patched):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(6.0).view(3, 2), torch.arange(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns "no accelerator is found" for pin_memory=True on CPU
+        loader = DataLoader(data, batch_size=2, pin_memory=True)
+        batches = list(loader)
+    assert loader.pin_memory is False
+    assert torch.equal(batches[0][0], torch.tensor([[0.0, 1.0], [2.0, 3.0]])) and batches[1][1].tolist() == [2]
+
+
+def test_dataloader_pin_memory_warns_without_torchdevice(unpatched):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.zeros(2)), pin_memory=True)
+    with pytest.warns(UserWarning, match="pin_memory"):
+        list(loader)
+
+
+@pytest.fixture
+def default_type_restored():
+    yield
+    torch.set_default_dtype(torch.float32)
+    torch.set_default_device(None)
+
+
+@pytest.mark.parametrize("legacy,dtype", [("torch.cuda.FloatTensor", torch.float32),
+                                          ("torch.cuda.DoubleTensor", torch.float64),
+                                          ("torch.cuda.HalfTensor", torch.float16)])
+def test_set_default_tensor_type_cuda(patched, default_type_restored, legacy, dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own deprecation warning, as on a GPU
+        torch.set_default_tensor_type(legacy)
+        made = torch.zeros(2), torch.randn(3), torch.tensor([1.5])
+        assert all(t.dtype == dtype and t.device == CPU for t in made)
+        assert torch.arange(3).dtype == torch.int64, "integer factories keep their dtype"
+        torch.set_default_tensor_type(torch.cuda.FloatTensor)  # the class form
+        assert torch.ones(1).dtype == torch.float32
+        torch.set_default_tensor_type("torch.DoubleTensor")  # CPU types: torch's own behaviour
+        assert torch.ones(1).dtype == torch.float64
+
+
+@pytest.mark.skipif(torch.backends.cuda.is_built(), reason="a CUDA build of torch accepts the type")
+def test_set_default_tensor_type_cuda_fails_without_torchdevice(unpatched):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(TypeError, match="not compiled with CUDA"):
+            torch.set_default_tensor_type("torch.cuda.FloatTensor")
+
+
 def test_legacy_types(patched):
     made = torch.cuda.FloatTensor(2, 3)
     assert made.shape == (2, 3) and made.dtype == torch.float32 and made.device == CPU
@@ -236,20 +289,6 @@ def test_optimizer_state_on_target(patched):
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-def cuda_tagged_checkpoint(obj, zipfile=True):
-    """A real torch.save file whose storages carry the location tag 'cuda:1'."""
-    import torch.serialization as serialization
-
-    buffer = io.BytesIO()
-    original = serialization.location_tag
-    serialization.location_tag = lambda storage: "cuda:1"
-    try:
-        torch.save(obj, buffer, _use_new_zipfile_serialization=zipfile)
-    finally:
-        serialization.location_tag = original
-    return buffer.getvalue()
-
-
 def test_checkpoint_really_carries_cuda_tags(unpatched):
     data = cuda_tagged_checkpoint({"w": torch.arange(3.0)})
     with pytest.raises(RuntimeError, match="CUDA"):

@@ -72,6 +72,21 @@ def _masquerade_original(fake_answer):
     return make
 
 
+def _for_users(replacement):
+    """``replacement`` for user code; torch itself gets the original (its own code must not see
+    fake properties: inductor reads ROCm-only fields from them and expects the real failure)."""
+    truthful = active_config().truthful_modules
+    sees_truth = _device.caller_sees_truth
+
+    def make(original):
+        def answer(*args, **kwargs):
+            if sees_truth(truthful):
+                return original(*args, **kwargs)
+            return replacement(*args, **kwargs)
+        return functools.wraps(original)(answer)
+    return make
+
+
 def _current_device(original):
     def current_device():
         return _device.current_index
@@ -392,8 +407,7 @@ def records():
         Patch("torch.cuda", "init", _noop, kind=NOOP, note="nothing to initialise"),
         Patch("torch.cuda", "_lazy_init", _noop, kind=NOOP),
         Patch("torch.cuda", "is_initialized", _true, kind=EMULATED, note="True"),
-        Patch("torch.cuda", "get_device_properties", lambda original: functools.wraps(original)(
-            props["get_device_properties"]), kind=EMULATED,
+        Patch("torch.cuda", "get_device_properties", _for_users(props["get_device_properties"]), kind=EMULATED,
             note=f"facts about {facts}; fields in docs/cuda-api.md"),
         Patch("torch.cuda", "get_device_name", lambda original: functools.wraps(original)(props["get_device_name"]),
               kind=EMULATED, note="the Metal device name, e.g. 'Apple M2 Pro'" if on_mps else "the CPU model name"),

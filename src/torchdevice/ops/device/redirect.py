@@ -18,8 +18,9 @@ What it patches (all through core/patch.py):
   signatures at apply time, and the ``Tensor.new_*`` methods.
 * ``Tensor.to``/``cuda``/``pin_memory``/``is_pinned``/``type``, storage
   ``.cuda()``, ``torch.set_default_device``, ``torch.load`` (checkpoints saved on
-  a GPU load without ``map_location``), legacy ``torch.cuda.FloatTensor``-style
-  types. ``nn.Module.to/cuda/to_empty`` follow from the tensor patches.
+  a GPU load without ``map_location``), ``DataLoader(pin_memory=True)``, legacy
+  ``torch.cuda.FloatTensor``-style types and ``torch.set_default_tensor_type``. ``nn.Module.to/cuda/to_empty`` follow
+  from the tensor patches.
 
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
@@ -181,29 +182,17 @@ def _pin_memory(original):
     return functools.wraps(original)(pin_memory)
 
 
-def _data_loader_init(original):
-    """DataLoader(pin_memory=True): the target has no pinned memory, so ask for none.
+def _dataloader_init(original):
+    """DataLoader(pin_memory=True): accepted, nothing pinned, no warning.
 
-    torch would otherwise warn on every iterator that no accelerator was found.
+    torch itself would warn that no accelerator is found (CPU) or that MPS cannot
+    pin; on the GPU the program was written for the flag is normal, and pinning
+    means nothing on the target, so the loader is built as if it were False.
     """
-    import inspect
-
-    names = list(inspect.signature(original).parameters)[1:]  # without self
-    pin_at = names.index("pin_memory") if "pin_memory" in names else None
-    device_at = names.index("pin_memory_device") if "pin_memory_device" in names else None
-
     def __init__(self, *args, **kwargs):
-        if args and (pin_at is not None and len(args) > pin_at or device_at is not None and len(args) > device_at):
-            args = list(args)
-            if pin_at is not None and len(args) > pin_at:
-                args[pin_at] = False
-            if device_at is not None and len(args) > device_at:
-                args[device_at] = ""
-        if kwargs.get("pin_memory"):
-            kwargs["pin_memory"] = False
-        if kwargs.get("pin_memory_device"):
-            kwargs["pin_memory_device"] = ""
         original(self, *args, **kwargs)
+        if self.pin_memory:
+            self.pin_memory = False
     return functools.wraps(original)(__init__)
 
 
@@ -376,6 +365,44 @@ def _legacy_type(name, target):
     return make
 
 
+_FLOAT_TYPE_NAMES = ("FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor")
+
+
+def _set_default_tensor_type(target, policy):
+    """torch.set_default_tensor_type("torch.cuda.FloatTensor"), the legacy way to make
+    every new tensor a CUDA one: the CPU type's dtype becomes the default (torch's
+    own call, with its deprecation warning), and factories default to the target
+    (``set_default_device``; nothing to do when the target is the CPU). A CPU type
+    afterwards puts the default device back. On a target without float64 the
+    dtype follows TORCHDEVICE_MPS_FLOAT64 (``policy``)."""
+    def make(original):
+        names = {getattr(torch, name).dtype: f"torch.{name}" for name in _FLOAT_TYPE_NAMES if hasattr(torch, name)}
+        state = {"device_set": False}
+
+        def set_device(device):
+            REGISTRY.original("torch", "set_default_device")(device)
+            state["device_set"] = device is not None
+
+        def set_default_tensor_type(t):
+            cpu_name = _legacy_cpu_name(t)
+            if cpu_name is None:
+                if state["device_set"]:
+                    set_device(None)
+                return original(t)
+            device = target.device
+            if policy is not None:
+                dtype = getattr(torch, cpu_name[len("torch."):]).dtype
+                device, narrowed = policy.place("torch.set_default_tensor_type", dtype)
+                cpu_name = names.get(narrowed, cpu_name)
+            original(cpu_name)
+            if device.type != "cpu":
+                set_device(device)
+            elif state["device_set"]:
+                set_device(None)
+        return functools.wraps(original)(set_default_tensor_type)
+    return make
+
+
 def _legacy_names():
     return sorted(name for name in vars(torch.cuda)
                   if (name.endswith("Tensor") or name.endswith("Storage")) and name[0].isupper()
@@ -515,6 +542,7 @@ def _compose(outer, inner_make):
 # -- records ----------------------------------------------------------------------------
 def records():
     target = _device.current()
+    policy = None if target.float64 else _Float64Policy(target, active_config().mps_float64)
     out = [
         Patch("torch", "device", _device_type, kind=EMULATED,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
@@ -524,12 +552,14 @@ def records():
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
         Patch("torch.Tensor", "is_pinned", _is_pinned, kind=NOOP, note="False: no pinned memory on the target"),
-        Patch("torch.utils.data.DataLoader", "__init__", _data_loader_init, kind=NOOP,
-              note="pin_memory=True asks for no pinning: the target has no pinned memory"),
         Patch("torch.Tensor", "type", lambda original: _tensor_type(original, target)),
+        Patch("torch.utils.data.DataLoader", "__init__", _dataloader_init, kind=NOOP,
+              note="pin_memory=True accepted; nothing to pin on the target"),
         Patch("torch.UntypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch.storage.TypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch", "set_default_device", _set_default_device),
+        Patch("torch", "set_default_tensor_type", _set_default_tensor_type(target, policy), kind=EMULATED,
+              note="legacy CUDA types: that dtype, factories on the target"),
         Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),
         Patch("torch.serialization", "load", _load),
     ]
@@ -538,8 +568,8 @@ def records():
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
-    if not target.float64:
-        out = _with_float64_policy(out, _Float64Policy(target, active_config().mps_float64))
+    if policy is not None:
+        out = _with_float64_policy(out, policy)
     return out
 
 

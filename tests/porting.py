@@ -1,0 +1,97 @@
+"""Helpers for the whole-program tests (tests/test_end_to_end.py, tests/test_corpus.py).
+
+``cpu_version(source)`` ports a CUDA program to the CPU the way a person would
+by hand, to get the native reference run: device strings and ``.cuda(...)`` say
+cpu, CUDA-only calls that have no CPU meaning are dropped, legacy
+``torch.cuda.<Type>Tensor`` names become the CPU types, NCCL becomes gloo.
+``torch.cuda`` seeding calls stay (they are harmless no-ops in a CPU-only torch).
+Program-specific edits are passed as ``extra`` (old, new) pairs, and each must
+match, so a reference can never silently drift from its program.
+
+``run_program`` runs a program *file* (not ``-c``: spawned DataLoader workers and
+torchrun re-import the main module by path) in a fresh interpreter, by default
+in ``program_env()``: no TORCHDEVICE_* variables and OMP_NUM_THREADS=1, for the
+redirected and the native run alike. One intra-op thread is what torchrun sets
+by default; on a shared, oversubscribed CI machine two spinning OpenMP threads
+made the same program 2-4x slower.
+"""
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+from conftest import clean_env
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+_CUDA_STRING = re.compile(r"""(["'])cuda(:\d+)?\1""")
+_CUDA_FSTRING = re.compile(r"""f(["'])cuda:\{[^}]*\}\1""")
+_CUDA_CALL = re.compile(r"\.cuda\([^()]*\)")
+_DROPPED_CALL = re.compile(r"torch\.cuda\.(set_device|synchronize)\([^()]*\)")
+_LEGACY_TYPE = re.compile(r"torch\.cuda\.(\w+Tensor)\b")
+
+
+def cpu_version(source: str, extra=()) -> str:
+    """``source`` ported to the CPU (see the module docstring)."""
+    ported = _CUDA_STRING.sub(r"\1cpu\1", source)
+    ported = _CUDA_FSTRING.sub('"cpu"', ported)
+    ported = _CUDA_CALL.sub(".cpu()", ported)
+    ported = _DROPPED_CALL.sub("None", ported)
+    ported = _LEGACY_TYPE.sub(r"torch.\1", ported)
+    ported = ported.replace("torch.cuda.is_available()", "True")
+    ported = ported.replace("pin_memory=True", "pin_memory=False")
+    ported = ported.replace('"nccl"', '"gloo"')
+    for old, new in extra:
+        assert old in ported, f"cpu_version: {old!r} does not occur in the program"
+        ported = ported.replace(old, new)
+    assert ported != source, "cpu_version changed nothing: the program does not look like CUDA code"
+    return ported
+
+
+def write_cpu_version(name: str, directory: Path, extra=()) -> Path:
+    """tests/programs/<name> ported to the CPU, written under ``directory`` with the same file name."""
+    path = Path(directory) / name
+    path.write_text(cpu_version((PROGRAMS / name).read_text(), extra))
+    return path
+
+
+def program_env(**overrides):
+    """Environment of a program run: no TORCHDEVICE_* variables, one OpenMP thread, plus ``overrides``."""
+    return clean_env(**{"OMP_NUM_THREADS": "1", **overrides})
+
+
+def native_env(**overrides):
+    """Environment of a native reference run: torchdevice switched off."""
+    return program_env(TORCHDEVICE_DISABLE="1", **overrides)
+
+
+def run_program(python, program, *args, env=None, cwd=None, timeout=180):
+    """Run a program file with ``python``; ``program`` is a path or a file name in tests/programs/."""
+    path = Path(program) if os.path.isabs(str(program)) else PROGRAMS / program
+    return subprocess.run([str(python), str(path), *map(str, args)], env=env if env is not None else program_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(python, program, nproc, *args, env=None, cwd=None, timeout=180):
+    """``torchrun --nproc_per_node=nproc program args`` on loopback with a free port."""
+    launcher = [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    path = Path(program) if os.path.isabs(str(program)) else PROGRAMS / program
+    return subprocess.run([*launcher, str(path), *map(str, args)], env=env if env is not None else program_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def failure(result) -> str:
+    """The tail of a failed run, for assertion messages."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-2000:]}\n--- stderr\n{result.stderr[-4000:]}"
+
+
+__all__ = ["PROGRAMS", "cpu_version", "write_cpu_version", "program_env", "native_env", "run_program", "torchrun",
+           "free_port", "failure"]
