@@ -293,7 +293,7 @@ def test_python_unscale_matches_torch_kernel():
         found_ref, found_mine = torch.zeros(()), torch.zeros(())
         inv = torch.full((), 0.125)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_ref, inv)
-        amp.unscale_and_check(mine, found_mine, inv)
+        amp._unscale_and_check(mine, found_mine, inv)
         assert found_mine.item() == found_ref.item() == (0.0 if poison is None else 1.0)
         for ref, got in zip(grads, mine):
             assert torch.equal(ref.nan_to_num(), got.nan_to_num())
@@ -307,7 +307,7 @@ def test_python_update_scale_matches_torch_kernel():
     history = []
     for flag in flags:
         torch._amp_update_scale_(ref_scale, ref_tracker, flag, 2.0, 0.5, 3)
-        returned = amp.update_scale(my_scale, my_tracker, flag, 2.0, 0.5, 3)
+        returned = amp._update_scale(my_scale, my_tracker, flag, 2.0, 0.5, 3)
         assert returned is my_scale
         assert my_scale.item() == ref_scale.item() and my_tracker.item() == ref_tracker.item()
         history.append(my_scale.item())
@@ -317,9 +317,9 @@ def test_python_update_scale_matches_torch_kernel():
 def test_scaler_fallback_kernels_used_when_target_has_none(unpatched, monkeypatch):
     monkeypatch.setattr(amp, "_scaler_kernels_work", lambda device: False)
     calls = []
-    real_unscale, real_update = amp.unscale_and_check, amp.update_scale
-    monkeypatch.setattr(amp, "unscale_and_check", lambda *a: calls.append("unscale") or real_unscale(*a))
-    monkeypatch.setattr(amp, "update_scale", lambda *a: calls.append("update") or real_update(*a))
+    real_unscale, real_update = amp._unscale_and_check, amp._update_scale
+    monkeypatch.setattr(amp, "_unscale_and_check", lambda *a: calls.append("unscale") or real_unscale(*a))
+    monkeypatch.setattr(amp, "_update_scale", lambda *a: calls.append("update") or real_update(*a))
     status = torchdevice.patch(strict=True, device="cpu")
     assert "torch._amp_update_scale_" in status["areas"]["amp"]["applied"]
     assert torch._amp_update_scale_.__wrapped__ is torchdevice.core.patch.REGISTRY.original(
@@ -341,3 +341,34 @@ def test_scaler_fallback_kernels_used_when_target_has_none(unpatched, monkeypatc
     assert calls == ["unscale", "update", "unscale", "update"], "the Python kernels did the work"
     torchdevice.unpatch()
     assert not hasattr(torch._amp_update_scale_, "__wrapped__")
+
+
+def test_scale_without_cuda_check_matches_torch(patched):
+    scaler = torch.amp.GradScaler("cuda", init_scale=4.0)
+    replacement = amp._scale_any_device(torch.amp.GradScaler.scale)
+    mine = torch.amp.GradScaler("cuda", init_scale=4.0)
+    x, y = torch.ones(2, device="cuda"), torch.full((1,), 3.0, device="cuda")
+    assert torch.equal(replacement(mine, x), scaler.scale(x))
+    pair = replacement(mine, (x, [y]))
+    assert isinstance(pair, tuple) and isinstance(pair[1], list)
+    assert torch.equal(pair[0], x * 4) and torch.equal(pair[1][0], y * 4)
+    assert [t.tolist() for t in replacement(mine, iter([x]))] == [[4.0, 4.0]]
+    with pytest.raises(ValueError):
+        replacement(mine, 3.0)
+    disabled = torch.amp.GradScaler("cuda", enabled=False)
+    assert replacement(disabled, x) is x
+
+
+def test_legacy_scaler_probe(monkeypatch):
+    class CudaOnly(torch.amp.GradScaler):  # how torch <= 2.2 behaved: no device argument, CUDA only
+        def __init__(self, init_scale=2.0 ** 16, enabled=True):
+            super().__init__("cpu", init_scale=init_scale, enabled=enabled)
+
+        def scale(self, outputs):
+            assert outputs.is_cuda
+            return super().scale(outputs)
+
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", CudaOnly)
+    assert amp._legacy_scaler_scales(torch.device("cpu")) is False
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", lambda init_scale: torch.amp.GradScaler("cpu", init_scale))
+    assert amp._legacy_scaler_scales(torch.device("cpu")) is True

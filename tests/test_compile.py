@@ -43,8 +43,12 @@ def uses_autocast(x):
     with torch.autocast("cuda"):
         return x @ x, torch.is_autocast_enabled()
 
+@torch.autocast("cuda", dtype=torch.bfloat16)
+def decorated(x):
+    return x @ x, torch.get_autocast_dtype("cuda")
+
 out = {}
-for fn, arg in ((uses_cuda_api, torch.ones(2)), (uses_autocast, torch.ones(3, 3))):
+for fn, arg in ((uses_cuda_api, torch.ones(2)), (uses_autocast, torch.ones(3, 3)), (decorated, torch.ones(2, 2))):
     torch._dynamo.reset(); counters.clear()
     eager = fn(arg)
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(arg)
@@ -69,6 +73,10 @@ def test_dynamo_traces_cuda_api_without_graph_breaks(order):
     assert autocast["compiled"] == autocast["eager"]
     assert autocast["compiled"][0][1] == "torch.float16" and autocast["compiled"][1] == "True"
     assert autocast["graph_breaks"] == 0
+    decorated = out["decorated"]
+    assert decorated["compiled"] == decorated["eager"] == [[[[2.0, 2.0], [2.0, 2.0]], "torch.bfloat16"],
+                                                           "torch.bfloat16"]
+    assert decorated["graph_breaks"] == 0
 
 
 def test_torch_compile_inductor_matches_eager(dynamo):
@@ -140,22 +148,37 @@ def test_script_graph_rewrite_for_a_non_cpu_target():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         function = torch.jit.script(fresh)
-    jit.rewrite_graph(function.graph, torch.device("meta"))
+    jit._rewrite_graph(function.graph, torch.device("meta"))
     assert function(torch.ones(2)).device.type == "meta"
     assert "aten::cuda" not in str(function.graph)
 
 
-def test_jit_load_of_a_gpu_saved_model(patched, tmp_path):
+class SavedOnGpu(Net):
+    """Its own class: TorchScript caches compiled code per class."""
+
+
+def test_jit_load_of_a_model_scripted_for_cuda(unpatched):
+    # Scripted without torchdevice, the graph holds CUDA device constants and
+    # aten::cuda, as a model scripted and saved on a GPU machine does.
     torch.manual_seed(0)
-    net = Net().cuda()
+    net = SavedOnGpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(net)
+        assert 'device("cuda")' in scripted.code
         buffer = io.BytesIO()
-        torch.jit.save(torch.jit.script(net), buffer)
-        buffer.seek(0)
-        loaded = torch.jit.load(buffer, map_location="cuda")
-    x = torch.randn(2, 3, device="cuda")
-    assert torch.allclose(loaded(x), net(x))
+        torch.jit.save(scripted, buffer)
+    import torchdevice
+
+    torchdevice.patch(strict=True, device="cpu")
+    buffer.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(buffer)
+    x = torch.randn(2, 3)
+    assert 'device("cuda")' not in loaded.code
+    expected = net.linear(x) + torch.ones(2)
+    assert torch.allclose(loaded(x), expected)
 
 
 def test_scripted_wrapped_builtins_compile(patched):

@@ -104,12 +104,12 @@ def test_distributed_features_on_two_ranks(autoload_python, tmp_path):
     (None, (None, False)),
 ])
 def test_backend_mapping(asked, mapped):
-    assert distributed.gloo_backend(asked) == mapped
+    assert distributed._gloo_backend(asked) == mapped
 
 
 STAGING = """
 import functools, json, os, sys, torch, torch.distributed as dist
-from torchdevice.ops.distributed import STAGED, staged
+from torchdevice.ops.distributed import _STAGED, _staged
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 seen = []
@@ -120,8 +120,8 @@ def spy(original):
         return original(*args, **kwargs)
     return collective
 # The CPU stands in for MPS: its tensors travel as copies and come back.
-reduce = staged("cpu", *STAGED["all_reduce"])(spy(dist.all_reduce))
-gather = staged("cpu", *STAGED["all_gather"])(spy(dist.all_gather))
+reduce = _staged("cpu", *_STAGED["all_reduce"])(spy(dist.all_reduce))
+gather = _staged("cpu", *_STAGED["all_gather"])(spy(dist.all_gather))
 t = torch.full((2,), float(rank + 1))
 reduce(t)
 work = reduce(t, async_op=True)

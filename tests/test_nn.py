@@ -44,7 +44,7 @@ def test_data_parallel_moves_inputs_to_a_non_cpu_target():
             return x.device, extra.device, [t.device for t in pair]
 
     target = torch.device("meta")
-    forward = parallel.data_parallel_forward(target)(nn.DataParallel.forward)
+    forward = parallel._data_parallel_forward(target)(nn.DataParallel.forward)
     dp = nn.DataParallel(Recorder())
     assert dp.device_ids == [], "torch runs the module unreplicated without CUDA"
     got = forward(dp, torch.ones(2), extra=torch.zeros(1), pair=(torch.ones(1), torch.ones(1)))
@@ -66,10 +66,10 @@ def test_ddp_device_ids_on_mps_target(patched):
 
 def test_ddp_on_a_backend_without_target_support_fails_clearly():
     with pytest.raises(RuntimeError) as error:
-        parallel.check_backend_handles("mps", "gloo")
+        parallel._check_backend_handles("mps", "gloo")
     message = str(error.value)
     assert "DistributedDataParallel" in message and "mps" in message and "TORCHDEVICE_DEVICE=cpu" in message
-    parallel.check_backend_handles("cpu", "gloo")  # gloo takes CPU tensors
+    parallel._check_backend_handles("cpu", "gloo")  # gloo takes CPU tensors
 
 
 # -- SyncBatchNorm -------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def attention_inputs():
 
 
 def test_probe_finds_the_cpu_backends(patched):
-    found = attention.available_backends(torch.device("cpu"))
+    found = attention._available_backends(torch.device("cpu"))
     assert SDPBackend.MATH in found and SDPBackend.EFFICIENT_ATTENTION not in found
     assert SDPBackend.CUDNN_ATTENTION not in found
 
@@ -177,8 +177,8 @@ def test_fused_and_foreach_flags_match_default(patched, cls):
 def test_flags_fall_back_when_the_target_lacks_kernels(patched, monkeypatch, fresh_warnings):
     reference = train(lambda p: torch.optim.AdamW(p, lr=0.01))
     monkeypatch.setattr(optim, "_verdicts", {})
-    monkeypatch.setattr(optim, "optimizer_flag_works", lambda cls, init, flag, device: flag != "fused")
-    monkeypatch.setattr(optim, "clip_foreach_works", lambda name, original, device: False)
+    monkeypatch.setattr(optim, "_optimizer_flag_works", lambda cls, init, flag, device: flag != "fused")
+    monkeypatch.setattr(optim, "_clip_foreach_works", lambda name, original, device: False)
     with pytest.warns(torchdevice.TorchDeviceWarning) as record:
         got = train(lambda p: torch.optim.AdamW(p, lr=0.01, fused=True))
     messages = " ".join(str(w.message) for w in record)
@@ -192,13 +192,13 @@ def test_flags_fall_back_when_the_target_lacks_kernels(patched, monkeypatch, fre
 def test_flag_probe_runs_a_real_step(patched, monkeypatch):
     monkeypatch.setattr(optim, "_verdicts", {})
     init = torchdevice.core.patch.REGISTRY.original("torch.optim.AdamW", "__init__")
-    assert optim.optimizer_flag_works(torch.optim.AdamW, init, "fused", torch.device("cpu")) is True
+    assert optim._optimizer_flag_works(torch.optim.AdamW, init, "fused", torch.device("cpu")) is True
 
     class Broken(torch.optim.SGD):
         def step(self, closure=None):
             raise RuntimeError("no kernel for this device")
 
-    assert optim.optimizer_flag_works(Broken, torch.optim.SGD.__init__, "fused", torch.device("cpu")) is False
+    assert optim._optimizer_flag_works(Broken, torch.optim.SGD.__init__, "fused", torch.device("cpu")) is False
 
 
 def test_clip_grad_norm_value(patched):

@@ -22,7 +22,10 @@ for the target, not from a version number. ``enabled=False`` stays disabled and
 switches the target's autocast off inside the region, as on a GPU.
 
 GradScaler. ``torch.amp.GradScaler("cuda")`` and ``torch.cuda.amp.GradScaler()``
-become torch's scaler for the target device type. If this torch has no
+become torch's scaler for the target device type. Where this torch has only
+the older device-less ``torch.cuda.amp.GradScaler`` and its ``scale()`` accepts
+CUDA tensors only (probed), ``scale()`` is replaced by the same arithmetic
+without that check. If this torch has no
 target kernel for ``_amp_foreach_non_finite_check_and_unscale_`` or
 ``_amp_update_scale_`` (probed once, on the target), those two functions get a
 Python implementation for target tensors, so unscaling, inf/nan step skipping
@@ -37,6 +40,7 @@ which is told that "cuda" tensors are the target's tensors.
 import functools
 import inspect
 import warnings
+from collections import abc
 
 import torch
 
@@ -177,6 +181,39 @@ def _scaler_init(target_type):
     return make
 
 
+def _scale_any_device(original):
+    """GradScaler.scale without the CUDA-only check of older torch (same arithmetic)."""
+    def scale(self, outputs):
+        if not self._enabled:
+            return outputs
+
+        def apply(value):
+            if isinstance(value, torch.Tensor):
+                if self._scale is None:
+                    self._lazy_init_scale_growth_tracker(value.device)
+                return value * self._scale.to(device=value.device, non_blocking=True)
+            if isinstance(value, (list, tuple)):
+                return type(value)(apply(v) for v in value)
+            if isinstance(value, abc.Iterable):
+                return map(apply, value)
+            raise ValueError("outputs must be a Tensor or an iterable of Tensors")
+        return apply(outputs)
+    return functools.wraps(original)(scale)
+
+
+def _legacy_scaler_scales(device):
+    """Whether the device-less (pre torch.amp.GradScaler) scaler accepts ``device`` tensors."""
+    scaler = torch.cuda.amp.GradScaler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = scaler(init_scale=2.0)
+    probe._enabled = True  # it disabled itself: CUDA is missing and the patches are not applied yet
+    try:
+        return bool(probe.scale(torch.ones((), device=device)) == 2.0)
+    except (AssertionError, RuntimeError):
+        return False
+
+
 def _scaler_kernels_work(device):
     """Whether this torch has target kernels for the two GradScaler ops."""
     try:
@@ -192,7 +229,7 @@ def _scaler_kernels_work(device):
         return False
 
 
-def unscale_and_check(grads, found_inf, inv_scale):
+def _unscale_and_check(grads, found_inf, inv_scale):
     """Python version of ``_amp_foreach_non_finite_check_and_unscale_``.
 
     Multiplies every gradient by ``inv_scale`` in place and sets ``found_inf``
@@ -204,7 +241,7 @@ def unscale_and_check(grads, found_inf, inv_scale):
         grad.mul_(inv_scale.to(grad.dtype))
 
 
-def update_scale(scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+def _update_scale(scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval):
     """Python version of ``_amp_update_scale_`` (same rule, in place, no host syncs).
 
     After an inf/nan step the scale is multiplied by ``backoff_factor`` and the
@@ -266,13 +303,16 @@ def records():
     if scaler is not None and _takes_device(scaler):
         out.append(Patch("torch.amp.grad_scaler.GradScaler", "__init__", _scaler_init(target_type),
                          note="GradScaler('cuda') is the target's scaler"))
+    elif not _legacy_scaler_scales(target.device):
+        out.append(Patch("torch.cuda.amp.grad_scaler.GradScaler", "scale", _scale_any_device, kind=EMULATED,
+                         note="scales target tensors (this torch's scaler accepts CUDA tensors only)"))
     if not _scaler_kernels_work(target.device):
         out += [
             Patch("torch", "_amp_foreach_non_finite_check_and_unscale_",
-                  _kernel_fallback(unscale_and_check, target_type, lambda args: args[1]), kind=EMULATED,
+                  _kernel_fallback(_unscale_and_check, target_type, lambda args: args[1]), kind=EMULATED,
                   note="Python version for target tensors (no target kernel in this torch)"),
             Patch("torch", "_amp_update_scale_",
-                  _kernel_fallback(update_scale, target_type, lambda args: args[0]), kind=EMULATED,
+                  _kernel_fallback(_update_scale, target_type, lambda args: args[0]), kind=EMULATED,
                   note="Python version for target tensors (no target kernel in this torch)"),
         ]
     return out

@@ -39,7 +39,7 @@ _RealDevice = torch._C.device
 _asked = {}
 
 
-def gloo_backend(backend):
+def _gloo_backend(backend):
     """Map a backend request to one this machine has: NCCL -> gloo. Returns (backend, changed)."""
     if backend is None:
         return None, False
@@ -70,7 +70,7 @@ def _rewriting(names, remember, target):
             bound = signature.bind(*args, **kwargs)
             arguments = bound.arguments
             asked = arguments.get("backend")
-            mapped, changed = gloo_backend(asked)
+            mapped, changed = _gloo_backend(asked)
             if changed:
                 arguments["backend"] = mapped
                 if arguments.get("pg_options") is not None:
@@ -161,7 +161,7 @@ def _mesh_init(target):
 
 # -- staging through the CPU (targets whose tensors the backend cannot take) -----------------------
 # collective -> (arguments it writes, arguments it only reads)
-STAGED = {
+_STAGED = {
     "all_reduce": (("tensor",), ()),
     "broadcast": (("tensor",), ()),
     "reduce": (("tensor",), ()),
@@ -172,7 +172,7 @@ STAGED = {
 }
 
 
-def staged(device_type, written, read):
+def _staged(device_type, written, read):
     """Wrap a collective so that ``device_type`` tensors travel as CPU copies."""
     def on_device(value):
         if isinstance(value, torch.Tensor):
@@ -250,8 +250,8 @@ def records():
                   note="True for user code, the real answer for torch itself"),
         ]
     if not _backend_takes(target.type):
-        for name, (written, read) in STAGED.items():
-            out.append(Patch(c10d, name, staged(target.type, written, read), kind=EMULATED,
+        for name, (written, read) in _STAGED.items():
+            out.append(Patch(c10d, name, _staged(target.type, written, read), kind=EMULATED,
                              note=f"{target.type} tensors travel as CPU copies (gloo takes CPU tensors)"))
     return out
 

@@ -42,7 +42,7 @@ def _flag_functions():
     return table
 
 
-def available_backends(device):
+def _available_backends(device):
     """The SDPA backends that run on ``device`` in this torch (measured once)."""
     found = _available.get(device.type)
     if found is None:
@@ -78,7 +78,7 @@ def _sdpa_kernel(target):
     def make(original):
         def _sdpa_kernel(backends, set_priority=False):
             asked = list(backends)
-            usable = available_backends(target.device)
+            usable = _available_backends(target.device)
             if usable and not any(b in usable for b in asked):
                 _warn(asked, usable, target.type)
                 asked += [b for b in usable if b not in asked]
@@ -91,7 +91,7 @@ def _switch(target):
     def make(original):
         def enable(enabled):
             original(enabled)
-            usable = available_backends(target.device)
+            usable = _available_backends(target.device)
             flags = _flag_functions()
             on = [b for b, (_, getter) in flags.items() if getter()]
             if usable and not any(b in usable for b in on):

@@ -30,7 +30,7 @@ from ...core.patch import MISSING, REDIRECTED, REGISTRY, Patch
 _BUILTIN_TABLE = "torch.jit._builtins._builtin_table"
 
 
-def rewrite_graph(graph, target_device):
+def _rewrite_graph(graph, target_device):
     """Retarget CUDA device constants and ``aten::cuda`` calls in one TorchScript graph."""
     for node in graph.findAllNodes("prim::Constant"):
         value = node.output()
@@ -53,7 +53,7 @@ def rewrite_graph(graph, target_device):
         node.destroy()
 
 
-def retarget(obj, target_device):
+def _retarget(obj, target_device):
     """Rewrite every graph reachable from a scripted function or module."""
     graphs = []
     if isinstance(obj, torch.jit.ScriptModule):
@@ -67,7 +67,7 @@ def retarget(obj, target_device):
     if unit is not None:  # free functions scripted along with obj
         graphs += [function.graph for function in unit.get_functions()]
     for graph in graphs:
-        rewrite_graph(graph, target_device)
+        _rewrite_graph(graph, target_device)
     return obj
 
 
@@ -76,7 +76,7 @@ def _script(target):
         def script(obj, optimize=None, _frames_up=0, _rcb=None, example_inputs=None):
             # One frame more: TorchScript resolves names from the caller's frame.
             result = original(obj, optimize, _frames_up + 1, _rcb, example_inputs)
-            return retarget(result, target.device)
+            return _retarget(result, target.device)
         return functools.wraps(original)(script)
     return make
 
@@ -87,7 +87,7 @@ def _load(target):
             if map_location is None or _device.is_cuda_spec(map_location):
                 map_location = target.device
             result = original(f, map_location, _extra_files, _restore_shapes)
-            return retarget(result, target.device)
+            return _retarget(result, target.device)
         return functools.wraps(original)(load)
     return make
 

@@ -29,7 +29,7 @@ def _probe_param(device):
     return param
 
 
-def optimizer_flag_works(cls, init, flag, device):
+def _optimizer_flag_works(cls, init, flag, device):
     """Whether ``cls(params, **{flag: True})`` constructs and steps on ``device``."""
     key = (device.type, cls, flag)
     verdict = _verdicts.get(key)
@@ -52,7 +52,7 @@ def _optimizer_init(cls, flags, target):
     def make(original):
         def __init__(self, params, *args, **kwargs):
             for flag in flags:
-                if kwargs.get(flag) and not optimizer_flag_works(cls, original, flag, target.device):
+                if kwargs.get(flag) and not _optimizer_flag_works(cls, original, flag, target.device):
                     warn_once(("optim", cls, flag),
                               f"torchdevice: {cls.__name__}({flag}=True) has no {target.type} implementation in "
                               f"this torch; using the default implementation (same update).")
@@ -62,7 +62,7 @@ def _optimizer_init(cls, flags, target):
     return make
 
 
-def clip_foreach_works(name, original, device):
+def _clip_foreach_works(name, original, device):
     key = (device.type, name, "foreach")
     verdict = _verdicts.get(key)
     if verdict is None:
@@ -78,7 +78,7 @@ def clip_foreach_works(name, original, device):
 def _clip(name, target):
     def make(original):
         def clip(parameters, *args, **kwargs):
-            if kwargs.get("foreach") and not clip_foreach_works(name, original, target.device):
+            if kwargs.get("foreach") and not _clip_foreach_works(name, original, target.device):
                 warn_once(("clip", name), f"torchdevice: {name}(foreach=True) has no {target.type} implementation "
                                           f"in this torch; using the per-tensor implementation (same result).")
                 kwargs["foreach"] = None

@@ -47,7 +47,7 @@ def _mapped_ids(device_ids, output_device, target):
     return device_ids, output_device
 
 
-def check_backend_handles(device_type, backend, api="DistributedDataParallel"):
+def _check_backend_handles(device_type, backend, api="DistributedDataParallel"):
     """Raise a clear error when ``backend`` has no support for ``device_type`` tensors."""
     import torch.distributed as dist
 
@@ -69,7 +69,7 @@ def _ddp_init(target):
                 if dist.is_initialized() and any(p.device.type == target.type for p in module.parameters()):
                     bound = inspect.signature(original).bind(self, module, device_ids, output_device, *args, **kwargs)
                     group = bound.arguments.get("process_group")
-                    check_backend_handles(target.type, REGISTRY.original("torch.distributed", "get_backend")(group))
+                    _check_backend_handles(target.type, REGISTRY.original("torch.distributed", "get_backend")(group))
             return original(self, module, device_ids, output_device, *args, **kwargs)
         return functools.wraps(original)(__init__)
     return make
@@ -87,7 +87,7 @@ def _to_device(value, device):
     return value
 
 
-def data_parallel_forward(target_device):
+def _data_parallel_forward(target_device):
     """DataParallel.forward that moves inputs to the target when torch did not replicate."""
     def make(original):
         def forward(self, *inputs, **kwargs):
@@ -106,6 +106,6 @@ def records():
               note="CUDA device_ids/output_device name the target"),
     ]
     if target.type != "cpu":
-        out.append(Patch("torch.nn.parallel.DataParallel", "forward", data_parallel_forward(target.device),
+        out.append(Patch("torch.nn.parallel.DataParallel", "forward", _data_parallel_forward(target.device),
                          kind=REDIRECTED, note="inputs move to the target, as they move to device_ids[0] on a GPU"))
     return out
