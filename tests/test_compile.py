@@ -186,3 +186,17 @@ def test_scripted_wrapped_builtins_compile(patched):
 
     table = builtins._get_builtin_table()
     assert table.get(id(torch.zeros)) == "aten::zeros", "the wrapper is known to TorchScript"
+
+
+def test_fx_code_generation_with_device_constants(patched):
+    # torch.fx writes device constants as device(...) and imports that name only
+    # for the type it knows: the stand-in must compare equal to torch's type.
+    class Adds(nn.Module):
+        def forward(self, x):
+            return x.to(torch.device("cuda")) + 1
+
+    traced = torch.fx.symbolic_trace(Adds())
+    assert "device(type='cpu')" in traced.code
+    assert torch.equal(traced(torch.zeros(2)), torch.ones(2))
+    assert torch.device == torch._C.device and hash(torch.device) == hash(torch._C.device)
+    assert torch.device in {torch._C.device} and type(torch.zeros(1).device) in (torch.device,)

@@ -144,3 +144,19 @@ def test_staged_collectives_copy_through_the_cpu(tmp_path):
     ranks, _ = launch(sys.executable, program, 2, out_dir, clean_env(TORCHDEVICE_DISABLE="1", OMP_NUM_THREADS="1"))
     for out in ranks:
         assert out == {"reduced": [6.0, 6.0], "gathered": [0.0, 1.0], "copies": True, "work_done": True}
+
+
+def test_masquerade_off_leaves_backend_queries_truthful(unpatched):
+    import torch.distributed as dist
+
+    import torchdevice
+    from torchdevice.core.patch import REGISTRY
+
+    original = dist.get_backend
+    torchdevice.patch(strict=True, device="cpu", masquerade=False)
+    assert dist.get_backend is original and dist.is_nccl_available() is False
+    assert REGISTRY.is_patched("torch.distributed", "init_process_group"), "NCCL still runs on gloo"
+    torchdevice.unpatch()
+    torchdevice.patch(strict=True, device="cpu")
+    assert dist.is_nccl_available() is True, "user code (this test) sees the masquerade"
+    assert REGISTRY.original("torch.distributed", "is_nccl_available")() is False

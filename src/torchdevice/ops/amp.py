@@ -124,7 +124,7 @@ def _autocast_enter(original):
 
     def __enter__(self):
         target = getattr(self, "_torchdevice_target", None)
-        if target is not None and not torch._jit_internal.is_scripting():
+        if target is not None:
             self._torchdevice_prev = (is_enabled(target), get_dtype(target))
             set_enabled(target, self._enabled)
             set_dtype(target, self.fast_dtype)
@@ -138,7 +138,7 @@ def _autocast_exit(original):
     def __exit__(self, exc_type, exc_val, exc_tb):
         result = original(self, exc_type, exc_val, exc_tb)
         previous = getattr(self, "_torchdevice_prev", None)
-        if previous is not None and not torch._jit_internal.is_scripting():
+        if previous is not None:
             target = self._torchdevice_target
             set_enabled(target, previous[0])
             set_dtype(target, previous[1])

@@ -109,7 +109,7 @@ def _get_backend(truthful):
     def make(original):
         def get_backend(group=None):
             real = original(group)
-            if sees_truth(truthful) or not _asked:
+            if not _asked or sees_truth(truthful):
                 return real
             import torch.distributed as dist
 

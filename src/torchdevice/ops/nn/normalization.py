@@ -120,12 +120,13 @@ class _SyncBatchNorm(torch.autograd.Function):
 
 
 def _sync_batch_norm_forward(original):
-    def forward(self, input):
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if (not self.training or input.device.type in _NATIVE
-                or input.device.type == torch._C._get_privateuse1_backend_name()
-                or not (dist.is_available() and dist.is_initialized())):
+    native = (*_NATIVE, torch._C._get_privateuse1_backend_name())
+    initialized = dist.is_initialized if dist.is_available() else (lambda: False)
+
+    def forward(self, input):
+        if not self.training or input.device.type in native or not initialized():
             return original(self, input)
         group = self.process_group or dist.group.WORLD
         world_size = dist.get_world_size(group)
