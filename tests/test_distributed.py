@@ -160,3 +160,21 @@ def test_masquerade_off_leaves_backend_queries_truthful(unpatched):
     torchdevice.patch(strict=True, device="cpu")
     assert dist.is_nccl_available() is True, "user code (this test) sees the masquerade"
     assert REGISTRY.original("torch.distributed", "is_nccl_available")() is False
+
+
+def test_fsdp_device_id_names_the_target(patched):
+    from torchdevice.core.device import current
+
+    seen = []
+
+    def original(self, module, process_group=None, sharding_strategy=None, cpu_offload=None,
+                 auto_wrap_policy=None, backward_prefetch=None, mixed_precision=None, ignored_modules=None,
+                 param_init_fn=None, device_id=None, sync_module_states=False):
+        seen.append(device_id)
+
+    init = distributed._fsdp_init(current())(original)
+    for spec in (0, 3, torch._C.device("cuda", 1), "cuda", torch.device("cpu")):
+        init(object(), None, device_id=spec)
+    init(object(), None, None, None, None, None, None, None, None, None, 2)  # positional device_id
+    init(object(), None)
+    assert seen == [torch.device("cpu")] * 6 + [None]

@@ -16,7 +16,8 @@
 * ``barrier(device_ids=[local_rank])``: CUDA device ids name the one target
   device; gloo's barrier takes no device, so they are dropped.
 * ``init_device_mesh("cuda", ...)`` / ``DeviceMesh("cuda", ...)``: a mesh of the
-  target's device type.
+  target's device type. ``FullyShardedDataParallel(device_id=<CUDA index or
+  device>)`` initialises and computes on the target device.
 * Collectives on target tensors: gloo takes CPU tensors, so on a CPU target
   ``all_reduce``/``broadcast``/``all_gather`` & co. need nothing. On a target
   whose tensors gloo cannot take (MPS), these collectives stage through CPU
@@ -143,6 +144,22 @@ def _barrier(target):
     return make
 
 
+def _fsdp_init(target):
+    """FullyShardedDataParallel(device_id=<CUDA index or device>) initialises on the target."""
+    def make(original):
+        signature = inspect.signature(original)
+
+        def __init__(self, *args, **kwargs):
+            bound = signature.bind(self, *args, **kwargs)
+            spec = bound.arguments.get("device_id")
+            if spec is not None and (_device.is_cuda_spec(spec)
+                                     or (type(spec) is _RealDevice and spec.type == target.type)):
+                bound.arguments["device_id"] = target.device
+            return original(*bound.args, **bound.kwargs)
+        return functools.wraps(original)(__init__)
+    return make
+
+
 def _mesh_function(target):
     def make(original):
         def init_device_mesh(device_type, *args, **kwargs):
@@ -241,6 +258,10 @@ def records():
         Patch(c10d, "init_device_mesh", _mesh_function(target), note="'cuda' meshes use the target type"),
         Patch("torch.distributed.device_mesh", "init_device_mesh", _mesh_function(target)),
         Patch("torch.distributed.device_mesh.DeviceMesh", "__init__", _mesh_init(target)),
+        # torch.distributed.fsdp is imported by the program, after torch: a
+        # registry that defers records to their module's import applies it then.
+        Patch("torch.distributed.fsdp.FullyShardedDataParallel", "__init__", _fsdp_init(target),
+              note="CUDA device_id names the target"),
     ]
     if cfg.masquerade:
         out += [
