@@ -89,13 +89,20 @@ def detect(config: Config) -> Target:
 
 def select(config: Config) -> Target:
     """Decide the target for this activation and seed the mapping cache."""
-    global _target
+    global _target, _dynamo_tracing
     if _target is None:
         _target = detect(config)
+        _dynamo_tracing = _dynamo_probe()
         DEVICE_CACHE.clear()
         if _target.redirect:
             _seed_cache(_target)
     return _target
+
+
+def _dynamo_probe():
+    import torch
+
+    return getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None) or _not_tracing
 
 
 def current() -> Optional[Target]:
@@ -179,6 +186,20 @@ def cuda_index(spec: Any) -> int:
 
 
 _TORCH_PREFIX = "torch."
+# torch modules that call a function on behalf of the code they compile:
+# dynamo constant-folds torch.cuda.is_available() and friends by calling them
+# while it traces a function, so these calls get the answer for that code.
+_ON_BEHALF_OF_TRACED_CODE = frozenset({"torch._dynamo.variables.torch"})
+
+
+def _not_tracing() -> bool:
+    return False
+
+
+# torch.compiler.is_dynamo_compiling where this torch has it (bound by select()).
+# It is False whenever Python really runs; dynamo reads it as True while it
+# symbolically runs the code it compiles, where sys._getframe cannot be traced.
+_dynamo_tracing = _not_tracing
 
 
 def caller_sees_truth(truthful=frozenset(), depth: int = 2) -> bool:
@@ -187,10 +208,14 @@ def caller_sees_truth(truthful=frozenset(), depth: int = 2) -> bool:
     torch's own modules (and packages listed in TORCHDEVICE_TRUTHFUL_MODULES)
     must see the truth so that torch never tries to run CUDA kernels; all other
     code sees the masquerade. ``depth`` counts frames up from this function.
+    Code that torch.compile traces is treated as user code: inside dynamo's
+    trace the answer is decided without frame inspection (no graph break).
     """
+    if _dynamo_tracing():
+        return False
     name = sys._getframe(depth).f_globals.get("__name__") or ""
     if name == "torch" or name.startswith(_TORCH_PREFIX):
-        return True
+        return name not in _ON_BEHALF_OF_TRACED_CODE
     if truthful:
         return name.partition(".")[0] in truthful
     return False

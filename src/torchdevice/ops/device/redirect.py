@@ -237,11 +237,24 @@ class _TypeStandIn(type):
 
     The stand-in is what ``torch.device`` names while patched: calling it
     returns a real object of the original C type; instance and subclass checks,
-    attribute reads and ``|`` unions answer for the original type.
+    attribute reads and ``|`` unions answer for the original type. It also
+    compares and hashes equal to the original type, so torch code that checks
+    ``type(x) in (torch.device, ...)``, ``obj != torch.device`` or looks types
+    up in a set or dict (torch.fx code generation, dynamo's constant types)
+    still recognises real device objects.
     """
 
     def __instancecheck__(cls, obj):
         return isinstance(obj, cls._torchdevice_real)
+
+    def __eq__(cls, other):
+        return other is cls or other is cls._torchdevice_real
+
+    def __ne__(cls, other):
+        return not (other is cls or other is cls._torchdevice_real)
+
+    def __hash__(cls):
+        return hash(cls._torchdevice_real)
 
     def __subclasscheck__(cls, sub):
         return sub is cls or issubclass(sub, cls._torchdevice_real)
