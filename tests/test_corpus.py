@@ -17,36 +17,6 @@ from porting import PROGRAMS, failure, native_env, program_env, run_program, tor
 
 pytestmark = [pytest.mark.venv, pytest.mark.corpus]
 
-# Programs that need areas being built on other branches. strict=True: each flips
-# to a failure (XPASS) the moment its areas land, and the mark must then go.
-_SEED_FAILS = ("torch.cuda.manual_seed(...) raises AttributeError: module 'torch._C' has no attribute "
-               "'_cuda_getDevice' (the cuda area's is_initialized() is True, so torch's _lazy_call runs the "
-               "seeding callback at once, through torch.cuda.random's own current_device)")
-_AUTOCAST_OFF = ("torch.autocast('cuda') warns 'CUDA is not available or torch_xla is imported. Disabling "
-                 "autocast.' and GradScaler('cuda') warns 'is enabled, but CUDA is not available.  Disabling.', "
-                 "so training runs in float32 and differs from native CPU autocast")
-NEEDS_RNG_AND_AMP = pytest.mark.xfail(strict=True, reason=f"needs rng-streams: {_SEED_FAILS}; then needs amp: "
-                                                         f"{_AUTOCAST_OFF}")
-NEEDS_CUDA_API_EVENTS = pytest.mark.xfail(strict=True, reason=(
-    "needs cuda-api: torch.cuda.get_device_name(torch.device('cuda', 0)) raises ValueError: Expected a cuda "
-    "device, but got: cpu; then memory statistics (max_memory_allocated() is 0, below the activations); then "
-    "needs rng-streams: torch.cuda.Event(enable_timing=True) raises RuntimeError: Tried to instantiate dummy "
-    "base class Event"))
-NEEDS_DISTRIBUTED = pytest.mark.xfail(strict=True, reason=(
-    "needs amp-nn-dist: init_process_group(backend='nccl') raises RuntimeError: Distributed package doesn't have "
-    "NCCL built in; then (with gloo) DDP(model, device_ids=[local_rank]) raises ValueError: DistributedDataParallel "
-    "device_ids and output_device arguments only work with single-device/multiple-device GPU modules or CPU "
-    "modules, but got device_ids [0], output_device 0, and module parameters {device(type='cpu')}; then "
-    "SyncBatchNorm raises ValueError: SyncBatchNorm expected input tensor to be on GPU"))
-NEEDS_RNG_STATE = pytest.mark.xfail(strict=True, reason=(
-    f"needs rng-streams: {_SEED_FAILS}; then torch.cuda.get_rng_state() fails the same way "
-    "(AttributeError: '_cuda_getDevice'), and set_rng_state/get_rng_state_all/initial_seed"))
-NEEDS_CUDA_API_AND_AMP = pytest.mark.xfail(strict=True, reason=(
-    "needs cuda-api: torch.cuda.get_device_properties(0) raises AssertionError: Invalid device id; then "
-    "get_device_capability() raises TypeError: '<' not supported between instances of 'NoneType' and 'int', "
-    "is_bf16_supported() is False, mem_get_info; then needs amp: " + _AUTOCAST_OFF))
-
-
 def load_module(name):
     """Import tests/programs/<name>.py as a module (its main() does not run)."""
     spec = importlib.util.spec_from_file_location(f"corpus_{name}", PROGRAMS / f"{name}.py")
@@ -86,7 +56,6 @@ def _gpt_session(python, workdir, env, *device):
     return [_TIMING.sub("", text) for text in (first, resumed, sampled)]
 
 
-@NEEDS_RNG_AND_AMP
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_gpt_mixed_precision_train_resume_sample(wheel_python, tmp_path, dtype):
     (tmp_path / "cuda").mkdir()
@@ -121,7 +90,6 @@ def test_cnn_dataloader_workers(wheel_python, tmp_path, context):
 
 
 # -- benchmark: CUDA events, synchronize, memory statistics ---------------------------------------
-@NEEDS_CUDA_API_EVENTS
 def test_benchmark_events_and_memory(wheel_python, tmp_path):
     batch, seq, dim = 16, 32, 128
     out = ok(run_program(wheel_python, "benchmark.py", "--batch", batch, "--seq", seq, "--dim", dim, cwd=tmp_path))
@@ -167,7 +135,6 @@ def _single_process_reference(epochs=2, batch=32, world=2, lr=0.1):
     return losses, model.bn.running_mean[:6].tolist(), flat.double().sum().item()
 
 
-@NEEDS_DISTRIBUTED
 def test_ddp_torchrun_nccl_syncbatchnorm(wheel_python, tmp_path):
     ckpt = tmp_path / "ddp.pt"
     result = torchrun(wheel_python, "ddp.py", 2, "--epochs", 2, "--ckpt", ckpt, cwd=tmp_path, timeout=240)
@@ -219,7 +186,6 @@ def test_gpu_checkpoint_really_needs_redirection(wheel_python, tmp_path):
 
 
 # -- reproducibility: manual_seed_all, cudnn.deterministic, RNG state save/restore -----------------
-@NEEDS_RNG_STATE
 def test_deterministic_runs_are_identical(wheel_python, tmp_path):
     runs = [ok(run_program(wheel_python, "deterministic.py", "--seed", seed, cwd=tmp_path)) for seed in (0, 0, 1)]
     assert runs[0] == runs[1]
@@ -230,7 +196,6 @@ def test_deterministic_runs_are_identical(wheel_python, tmp_path):
 
 
 # -- code that branches on what the GPU is ------------------------------------------------------------
-@NEEDS_CUDA_API_AND_AMP
 @pytest.mark.parametrize("count", ["1", "2"])
 def test_capability_branches(wheel_python, tmp_path, count):
     out = ok(run_program(wheel_python, "capabilities.py", cwd=tmp_path,
@@ -274,5 +239,5 @@ def test_legacy_idioms_match_native(wheel_python, tmp_path):
 def test_every_program_is_run():
     """A program added to tests/programs/ without a test here is caught."""
     tested = {path.name for path in PROGRAMS.glob("*.py")}
-    sources = (PROGRAMS.parent / "test_corpus.py").read_text() + (PROGRAMS.parent / "test_end_to_end.py").read_text()
+    sources = "".join(path.read_text() for path in PROGRAMS.parent.glob("test_*.py"))
     assert {name for name in tested if f'"{name}"' not in sources} == set()

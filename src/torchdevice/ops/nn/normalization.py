@@ -149,8 +149,18 @@ def _sync_batch_norm_forward(original):
     return functools.wraps(original)(forward)
 
 
+def _ddp_accepts_sync_batch_norm(original):
+    # DDP refuses SyncBatchNorm in a CPU module; on the target the forward above
+    # synchronises it, so there is nothing to refuse.
+    def _passing_sync_batchnorm_handle(self, module):
+        return None
+    return functools.wraps(original)(_passing_sync_batchnorm_handle)
+
+
 def records():
     return [
         Patch("torch.nn.SyncBatchNorm", "forward", _sync_batch_norm_forward,
               note="synchronises statistics across ranks for target tensors"),
+        Patch("torch.nn.parallel.DistributedDataParallel", "_passing_sync_batchnorm_handle",
+              _ddp_accepts_sync_batch_norm, note="DDP accepts SyncBatchNorm in a module on the target"),
     ]
