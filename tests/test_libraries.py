@@ -11,13 +11,9 @@ random weights; nothing is downloaded (HF_HUB_OFFLINE=1).
 These tests need lightning, transformers and accelerate installed beside the
 torch under test: `tox -e integration` (see docs/compatibility.md, "Libraries").
 They are skipped, library by library, where a library is not installed.
-
-A test marked xfail(strict=True) waits for a patch area that another branch
-owns; its reason names the area and the exact failure seen with this release.
 """
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,23 +72,6 @@ def decreased(losses, factor=0.8):
     return len(losses) >= 2 and losses[-1] < losses[0] * factor
 
 
-# -- probes that fail today, owned by other branches ---------------------------------------
-CAPABILITY = ("needs cuda-api: torch.cuda.get_device_capability(device) -> get_device_properties raises "
-              "AssertionError('Invalid device id'); Lightning's CUDAAccelerator.setup_device calls it "
-              "(_check_cuda_matmul_precision)")
-MEM_GET_INFO = ("needs cuda-api: accelerate.utils.get_max_memory calls torch.cuda.mem_get_info(i) -> AttributeError "
-                "(torch._C._cudart is None), which it swallows, so device_map='auto' plans for the CPU only")
-BF16 = ("needs cuda-api: torch.cuda.is_bf16_supported() returns False on the target, so the library refuses bf16 "
-        "('Your setup doesn't support bf16/gpu' / 'bf16 mixed precision requires ... a supported device')")
-AUTOCAST = ("needs amp: torch.autocast('cuda', dtype=torch.float16) warns 'CUDA is not available ... Disabling "
-            "autocast' and torch.amp.GradScaler('cuda') is created disabled, so the library's fp16 path computes "
-            "in float32 with no loss scaling")
-DDP = ("needs amp-nn-dist and rng-streams: Lightning's DDPStrategy calls init_process_group('nccl', "
-       "device_id=torch.device('cuda', rank)) -> ValueError 'device_id cuda:1 does not match the current "
-       "compilation's accelerator support: None', then torch.cuda.Stream() ('requires CUDA support') and "
-       "DistributedDataParallel(device_ids=[rank])")
-
-
 # -- Lightning ------------------------------------------------------------------------------
 def check_lightning(result, precision_dtype, scaler):
     assert result["accelerator"] == "CUDAAccelerator", "Lightning chose its CUDA accelerator"
@@ -107,7 +86,6 @@ def check_lightning(result, precision_dtype, scaler):
 
 
 @needs_lightning
-@pytest.mark.xfail(strict=True, raises=DriverFailed, reason=CAPABILITY)
 def test_lightning_gpu_16_mixed(tmp_path):
     [result] = run_driver(tmp_path, "lightning_train.py", "gpu", "1", "16-mixed")
     assert result["precision_plugin"] == "MixedPrecision" and result["amp_device"] == "cuda"
@@ -115,7 +93,6 @@ def test_lightning_gpu_16_mixed(tmp_path):
 
 
 @needs_lightning
-@pytest.mark.xfail(strict=True, raises=DriverFailed, reason=CAPABILITY)
 def test_lightning_gpu_bf16_mixed(tmp_path):
     [result] = run_driver(tmp_path, "lightning_train.py", "gpu", "1", "bf16-mixed")
     assert result["precision_plugin"] == "MixedPrecision" and result["amp_device"] == "cuda"
@@ -123,7 +100,6 @@ def test_lightning_gpu_bf16_mixed(tmp_path):
 
 
 @needs_lightning
-@pytest.mark.xfail(strict=True, raises=DriverFailed, reason=CAPABILITY)
 def test_lightning_cuda_auto_devices(tmp_path):
     [result] = run_driver(tmp_path, "lightning_train.py", "cuda", "auto", "32-true")
     assert result["num_devices"] == 1, "devices='auto' counts the masqueraded devices (TORCHDEVICE_DEVICE_COUNT=1)"
@@ -131,7 +107,6 @@ def test_lightning_cuda_auto_devices(tmp_path):
 
 
 @needs_lightning
-@pytest.mark.xfail(strict=True, raises=DriverFailed, reason=DDP)
 def test_lightning_ddp_two_processes_on_one_target(tmp_path):
     """devices=2 needs two masqueraded devices: TORCHDEVICE_DEVICE_COUNT=2 (both ranks share the target)."""
     results = run_driver(tmp_path, "lightning_train.py", "gpu", "2", "16-mixed", "ddp", TORCHDEVICE_DEVICE_COUNT="2")
@@ -163,7 +138,6 @@ def check_trainer(result, dtype, scaler):
 
 
 @needs_transformers
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=AUTOCAST)
 def test_transformers_trainer_fp16(tmp_path):
     [result] = run_driver(tmp_path, "transformers_train.py", "fp16")
     assert result["mixed_precision"] == "fp16"
@@ -171,7 +145,6 @@ def test_transformers_trainer_fp16(tmp_path):
 
 
 @needs_transformers
-@pytest.mark.xfail(strict=True, raises=DriverFailed, reason=BF16)
 def test_transformers_trainer_bf16(tmp_path):
     [result] = run_driver(tmp_path, "transformers_train.py", "bf16")
     assert result["mixed_precision"] == "bf16"
@@ -179,7 +152,6 @@ def test_transformers_trainer_bf16(tmp_path):
 
 
 @needs_transformers
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MEM_GET_INFO)
 @pytest.mark.parametrize("keyword", ["dtype", "torch_dtype"])
 def test_transformers_from_pretrained_device_map_auto_generate(tmp_path, keyword):
     [result] = run_driver(tmp_path, "transformers_generate.py", keyword)
@@ -201,7 +173,6 @@ def test_transformers_pipeline_on_gpu(tmp_path, device):
 
 # -- accelerate -----------------------------------------------------------------------------
 @needs_accelerate
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=AUTOCAST)
 def test_accelerate_fp16_prepare_backward_state(tmp_path):
     [result] = run_driver(tmp_path, "accelerate_train.py", "fp16")
     assert result["device"].startswith("cuda") and result["distributed_type"] == "DistributedType.NO"
@@ -215,7 +186,6 @@ def test_accelerate_fp16_prepare_backward_state(tmp_path):
 
 
 @needs_accelerate
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MEM_GET_INFO)
 def test_accelerate_memory_planning_reads_cuda_memory(tmp_path):
     [result] = run_driver(tmp_path, "accelerate_memory.py")
     assert result["dispatch_matches"] is True, "the dispatched model computes what the plain model does"
