@@ -188,7 +188,11 @@ def caller_sees_truth(truthful=frozenset(), depth: int = 2) -> bool:
     must see the truth so that torch never tries to run CUDA kernels; all other
     code sees the masquerade. ``depth`` counts frames up from this function.
     """
-    name = sys._getframe(depth).f_globals.get("__name__") or ""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:
+        return True  # no Python caller: called from torch's C++ (e.g. a lazy CUDA init)
+    name = frame.f_globals.get("__name__") or ""
     if name == "torch" or name.startswith(_TORCH_PREFIX):
         return True
     if truthful:

@@ -34,6 +34,27 @@ def _masquerade(real_answer, fake_answer):
     return make
 
 
+def _for_user_code(user_version):
+    """torch's own callers keep the original; user code gets ``user_version``.
+
+    For the CUDA bookkeeping torch consults before touching the CUDA runtime
+    (``is_initialized``, ``_lazy_init``): torch must keep deferring its CUDA
+    work (``_lazy_call`` queues while not initialized) and keep raising its
+    own error ("Torch not compiled with CUDA enabled", "Found no NVIDIA
+    driver") instead of calling into a runtime that is absent or has no GPU.
+    """
+    truthful = active_config().truthful_modules
+    sees_truth = _device.caller_sees_truth
+
+    def make(original):
+        def wrapper(*args, **kwargs):
+            if sees_truth(truthful):
+                return original(*args, **kwargs)
+            return user_version(*args, **kwargs)
+        return functools.wraps(original)(wrapper)
+    return make
+
+
 def _current_device(original):
     def current_device():
         return _device.current_index
@@ -97,12 +118,6 @@ def _noop(original):
     return functools.wraps(original)(noop)
 
 
-def _true(original):
-    def initialized():
-        return True
-    return functools.wraps(original)(initialized)
-
-
 def records():
     target = _device.current()
     cfg = active_config()
@@ -116,8 +131,10 @@ def records():
               kind=REDIRECTED if target.type == "mps" else NOOP,
               note="torch.mps.synchronize on MPS; CPU work is synchronous"),
         Patch("torch.cuda", "init", _noop, kind=NOOP),
-        Patch("torch.cuda", "_lazy_init", _noop, kind=NOOP),
-        Patch("torch.cuda", "is_initialized", _true, kind=EMULATED),
+        Patch("torch.cuda", "_lazy_init", _for_user_code(lambda: None), kind=NOOP,
+              note="a no-op for user code; torch itself gets the real one"),
+        Patch("torch.cuda", "is_initialized", _for_user_code(lambda: True), kind=EMULATED,
+              note="True for user code, the real answer for torch itself"),
     ]
     if cfg.masquerade:
         out += [
