@@ -192,7 +192,7 @@ def main(argv=None):
                       "torch": "?", "passed": "-", "failed": "-", "errors": "-", "skipped": "-", "test_s": "-",
                       **result}), flush=True)
     minutes = (time.monotonic() - started) / 60
-    text = table(results, date) + f"\n\nWhole run: {minutes:.0f} minutes ({len(results)} envs)."
+    text = table(results, date) + f"\n\nWhole run: {minutes:.0f} min ({len(results)} envs)."
     print()
     print(text)
     print(f"\nlog: {log_path}\nresults: {results_path}")
