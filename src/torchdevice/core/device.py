@@ -213,7 +213,11 @@ def caller_sees_truth(truthful=frozenset(), depth: int = 2) -> bool:
     """
     if _dynamo_tracing():
         return False
-    name = sys._getframe(depth).f_globals.get("__name__") or ""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:
+        return True  # no Python caller: called from torch's C++ (e.g. a lazy CUDA init)
+    name = frame.f_globals.get("__name__") or ""
     if name == "torch" or name.startswith(_TORCH_PREFIX):
         return name not in _ON_BEHALF_OF_TRACED_CODE
     if truthful:

@@ -46,7 +46,7 @@ import torch
 
 from ..core import device as _device
 from ..core.logger import warn_once
-from ..core.patch import EMULATED, REDIRECTED, REGISTRY, Patch
+from ..core.patch import EMULATED, REGISTRY, Patch
 
 AREA = "amp"
 _CUDA = "cuda"

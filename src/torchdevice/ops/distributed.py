@@ -31,7 +31,7 @@ import torch
 
 from ..core import device as _device
 from ..core.logger import get_logger
-from ..core.patch import EMULATED, REDIRECTED, REGISTRY, Patch, active_config
+from ..core.patch import EMULATED, REGISTRY, Patch, active_config
 
 AREA = "distributed"
 log = get_logger(AREA)

@@ -73,8 +73,14 @@ def _masquerade_original(fake_answer):
 
 
 def _for_users(replacement):
-    """``replacement`` for user code; torch itself gets the original (its own code must not see
-    fake properties: inductor reads ROCm-only fields from them and expects the real failure)."""
+    """``replacement`` for user code; torch itself gets the original.
+
+    For what torch consults before touching the CUDA runtime (``is_initialized``,
+    ``_lazy_init``): torch must keep deferring its CUDA work and raise its own
+    errors instead of calling into a runtime that is absent or has no GPU. And
+    for device properties: inductor reads ROCm-only fields from them and
+    expects the real failure.
+    """
     truthful = active_config().truthful_modules
     sees_truth = _device.caller_sees_truth
 
@@ -146,12 +152,6 @@ def _noop(original):
     def noop(*args, **kwargs):
         return None
     return functools.wraps(original)(noop)
-
-
-def _true(original):
-    def initialized():
-        return True
-    return functools.wraps(original)(initialized)
 
 
 # -- device indices -----------------------------------------------------------------
@@ -405,8 +405,10 @@ def records():
         Patch("torch.cuda", "synchronize", _synchronize(target), kind=REDIRECTED if on_mps else NOOP,
               note="torch.mps.synchronize()" if on_mps else "CPU work has finished when each op returns"),
         Patch("torch.cuda", "init", _noop, kind=NOOP, note="nothing to initialise"),
-        Patch("torch.cuda", "_lazy_init", _noop, kind=NOOP),
-        Patch("torch.cuda", "is_initialized", _true, kind=EMULATED, note="True"),
+        Patch("torch.cuda", "_lazy_init", _for_users(lambda: None), kind=NOOP,
+              note="a no-op for user code; torch itself gets the real one"),
+        Patch("torch.cuda", "is_initialized", _for_users(lambda: True), kind=EMULATED,
+              note="True for user code, the real answer for torch itself"),
         Patch("torch.cuda", "get_device_properties", _for_users(props["get_device_properties"]), kind=EMULATED,
             note=f"facts about {facts}; fields in docs/cuda-api.md"),
         Patch("torch.cuda", "get_device_name", lambda original: functools.wraps(original)(props["get_device_name"]),

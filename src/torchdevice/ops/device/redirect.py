@@ -28,12 +28,11 @@ lookup for the device argument and nothing at all when there is none.
 import dataclasses
 import functools
 import re
-import sys
 
 import torch
 
 from ...core import device as _device
-from ...core.patch import EMULATED, NOOP, REGISTRY, Patch, active_config
+from ...core.patch import EMULATED, NOOP, REGISTRY, Patch, active_config, resolve
 
 AREA = "device"
 _MISS = object()
@@ -41,12 +40,14 @@ _RealDevice = torch._C.device
 _RealGenerator = torch._C.Generator
 
 # Functions that take a device but are found neither in the operator schemas
-# nor by their builtin signature (Python-level functions).
+# nor by their builtin signature (Python-level functions, and new_tensor, a C
+# method with no schema), with whether they take pin_memory.
 _EXTRA_FACTORIES = (
-    ("torch", "asarray"),
-    ("torch.nested", "nested_tensor"),
-    ("torch.nested", "as_nested_tensor"),
-    ("torch.nested", "nested_tensor_from_jagged"),
+    ("torch", "asarray", False),
+    ("torch.nested", "nested_tensor", True),
+    ("torch.nested", "as_nested_tensor", False),
+    ("torch.nested", "nested_tensor_from_jagged", False),
+    ("torch.Tensor", "new_tensor", True),
 )
 _SIGNATURE = re.compile(r"\*,.*\bdevice\b")
 
@@ -80,10 +81,13 @@ def device_functions():
             doc = (getattr(torch._C.TensorBase, name).__doc__ or "").strip().split("\n", 1)[0]
             if _SIGNATURE.search(doc):
                 found[("torch.Tensor", name)] = "pin_memory" in doc
-    for owner, name in _EXTRA_FACTORIES:
-        module = sys.modules.get(owner)
-        if module is not None and hasattr(module, name):
-            found.setdefault((owner, name), False)
+    for owner, name, pin in _EXTRA_FACTORIES:
+        try:
+            holder = resolve(owner)
+        except LookupError:
+            continue
+        if hasattr(holder, name):
+            found.setdefault((owner, name), pin)
     return tuple(sorted((owner, name, pin) for (owner, name), pin in found.items()))
 
 
