@@ -5,12 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torchdevice
 from torchdevice.core import logger
 from torchdevice.core.device import Target
 from torchdevice.ops.nn import attention, optim, parallel
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # torch < 2.3
+    SDPBackend = sdpa_kernel = None
+needs_sdpa_kernel = pytest.mark.skipif(
+    sdpa_kernel is None, reason="torch.nn.attention.sdpa_kernel does not exist in this torch (added in 2.3)")
 
 
 @pytest.fixture
@@ -92,12 +98,14 @@ def attention_inputs():
     return [torch.randn(2, 2, 5, 8, device="cuda") for _ in range(3)]
 
 
+@needs_sdpa_kernel
 def test_probe_finds_the_cpu_backends(patched):
     found = attention._available_backends(torch.device("cpu"))
     assert SDPBackend.MATH in found and SDPBackend.EFFICIENT_ATTENTION not in found
     assert SDPBackend.CUDNN_ATTENTION not in found
 
 
+@needs_sdpa_kernel
 @pytest.mark.parametrize("select", [
     lambda: sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]),
     lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION),
@@ -119,6 +127,7 @@ def test_cuda_only_backend_selection_falls_back(patched, fresh_warnings, select)
     assert torch.backends.cuda.math_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled(), "restored on exit"
 
 
+@needs_sdpa_kernel
 def test_selection_the_target_runs_is_left_alone(patched, fresh_warnings):
     q, k, v = attention_inputs()
     with warnings.catch_warnings():
@@ -143,6 +152,7 @@ def test_enable_switches_keep_a_backend(patched, fresh_warnings):
             getattr(torch.backends.cuda, f"enable_{name}_sdp")(True)
 
 
+@needs_sdpa_kernel
 def test_multihead_attention_under_flash_selection(patched):
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).cuda().eval()
