@@ -152,9 +152,10 @@ def test_module_and_optimizer_follow_tensors(patched):
 
 def test_device_type_stand_in(patched):
     made = torch.device("cuda", 1)
-    assert made == CPU and type(made) is torch._C.device
+    assert made.type == "cuda" and made.index == 1 and type(made) is torch._C.device
+    assert torch.zeros(1, device=made).device == CPU
     assert isinstance(CPU, torch.device) and issubclass(torch._C.device, torch.device)
-    assert pickle.loads(pickle.dumps(torch.device("cuda"))) == CPU
+    assert pickle.loads(pickle.dumps(torch.device("cuda"))) == torch._C.device("cuda")
     assert torch.device("meta").type == "meta"
     with torch.device("cuda"):
         assert torch.zeros(1).device == CPU
