@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+from ...core import cache as _cache
 from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch, active_config
 
@@ -47,7 +48,22 @@ _SIGNATURE = re.compile(r"\*,.*\bdevice\b")
 @functools.lru_cache(maxsize=None)
 def device_functions():
     """(owner, name, takes_pin_memory) for every public factory-like function
-    of this torch that accepts a keyword ``device``."""
+    of this torch that accepts a keyword ``device``.
+
+    Scanning the operator schemas takes tens of milliseconds, so the result is
+    kept on disk per torch build (core/cache.py) and read back at later starts.
+    """
+    try:
+        rows = _cache.cached("device-functions", lambda: [list(row) for row in scan_device_functions()])
+        if all(isinstance(o, str) and isinstance(n, str) and isinstance(p, bool) for o, n, p in rows):
+            return tuple(sorted((o, n, p) for o, n, p in rows))
+    except (TypeError, ValueError):
+        pass  # a cache file of another shape: derive again
+    return scan_device_functions()
+
+
+def scan_device_functions():
+    """device_functions(), derived from this torch's schemas and signatures (no cache)."""
     found = {}
     variable_functions = torch._C._VariableFunctions
     for schema in torch._C._jit_get_all_schemas():

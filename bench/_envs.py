@@ -1,0 +1,80 @@
+"""Throw-away virtual environments for the start-up rows.
+
+Two environments built from the same interpreter and the same torch:
+
+* ``installed``: torchdevice laid out exactly as its wheel installs it
+  (``torchdevice/`` and ``torchdevice_autoload.pth`` at the site-packages root),
+  copied from this checkout, so the start-up figures are those of a real
+  install and not of an editable one (whose extra path entry costs time of its
+  own);
+* ``bare``: the same venv without torchdevice.
+
+Both see torch through one path entry (a ``.pth`` naming the site-packages
+directory that holds the running torch), so neither copies torch. The
+environments are cached under ``bench/results/venvs/<hash of the sources>``.
+"""
+import compileall
+import hashlib
+import shutil
+import sysconfig
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PTH = "torchdevice_autoload.pth"
+
+
+def _site_packages(prefix):
+    paths = sysconfig.get_paths(vars={"base": str(prefix), "platbase": str(prefix)})
+    return Path(paths["purelib"])
+
+
+def _python(prefix):
+    return prefix / "bin" / "python"
+
+
+def _sources_key():
+    digest = hashlib.sha256()
+    for path in sorted((SRC / "torchdevice").rglob("*.py")) + [SRC / PTH]:
+        digest.update(str(path.relative_to(SRC)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _torch_site():
+    import torch
+
+    return str(Path(torch.__file__).resolve().parents[1])
+
+
+def _make(prefix, installed):
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    venv.EnvBuilder(with_pip=False, clear=True, symlinks=True).create(prefix)
+    site = _site_packages(prefix)
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "zz_bench_torch_path.pth").write_text(_torch_site() + "\n")
+    if installed:
+        shutil.copytree(SRC / "torchdevice", site / "torchdevice", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(SRC / PTH, site / PTH)
+        # pip compiles byte code at install time; do the same (this also matters where
+        # PYTHONDONTWRITEBYTECODE is set, which would make every start compile from source).
+        compileall.compile_dir(str(site / "torchdevice"), quiet=1)
+    (prefix / ".complete").write_text("ok\n")
+
+
+def environments(cache_dir):
+    """{"installed": python, "bare": python, "site_installed": site-packages dir}, built if needed."""
+    base = Path(cache_dir) / _sources_key()
+    out = {}
+    for name, installed in (("installed", True), ("bare", False)):
+        prefix = base / name
+        if not (prefix / ".complete").exists():
+            _make(prefix, installed)
+        out[name] = str(_python(prefix))
+    out["site_installed"] = str(_site_packages(base / "installed"))
+    for old in Path(cache_dir).iterdir():
+        if old.is_dir() and old != base:
+            shutil.rmtree(old, ignore_errors=True)  # environments of older sources
+    return out
