@@ -371,13 +371,16 @@ def group_training(ctx):
             loop_a = _Loop(torch, True, widths, batch, amp)
             ctx.switch.set(False)
             loop_b = _Loop(torch, False, widths, batch, amp, native_amp)
-            a, b = M.ab_loops(ctx.switch, loop_a.step, loop_b.step, ctx.p["loop_reps"], steps)
+            a, b, wall_a, wall_b = M.ab_loops(ctx.switch, loop_a.step, loop_b.step, ctx.p["loop_reps"], steps)
         note = ""
         if amp:
             note = (f"under torchdevice autocast('cuda', float16) became {cast or 'no autocast'} and GradScaler is "
                     f"{'on' if scaler_on else 'off'}; the native loop does the same on the CPU")
         row = make_row(rid, "training", what, "steps/s", a, b, checks, target, note=note)
         row["step_ms_native"] = 1e3 / row["native"] if row["native"] else None
+        row["wall"] = {"torchdevice": M.median(wall_a), "native": M.median(wall_b),
+                       "ratio": M.median(wall_a) / M.median(wall_b), "samples": {"torchdevice": wall_a,
+                                                                                 "native": wall_b}}
         rows.append(row)
     return rows
 

@@ -6,8 +6,13 @@ hits both sides alike:
 * ``ab_calls`` times a statement per call in this process. Side A runs with
   torchdevice patched, side B with every patch undone (``torchdevice.unpatch()``
   restores the identical original objects), and the two alternate block by
-  block (A B, B A, A B, ...). The cost of the empty timing loop is measured the
-  same way and subtracted, so that ratios compare the calls themselves.
+  block (A B, B A, A B, ...). The clock is this thread's CPU time
+  (``time.thread_time``): on a shared machine, time spent preempted by other
+  processes would otherwise swamp differences of a few nanoseconds. The cost
+  of the empty timing loop is measured the same way and subtracted, so that
+  ratios compare the calls themselves.
+* ``ab_loops`` times training steps the same way, by process CPU time and by
+  wall time (both are kept).
 * ``ab_processes`` runs whole interpreters round-robin (like hyperfine) and
   records wall time and the child's CPU time (user + sys, from ``wait4``),
   which is less sensitive to other processes on a shared machine.
@@ -62,7 +67,8 @@ def _calibrate(timer, block_seconds):
         number *= 10
 
 
-_EMPTY = timeit.Timer("pass")
+CLOCK = time.thread_time
+_EMPTY = timeit.Timer("pass", timer=CLOCK)
 _loop_ns_cache = {}
 
 
@@ -83,7 +89,8 @@ def ab_calls(switch, stmt_a, stmt_b, namespace, reps, block_seconds, setup=None,
     """
     a_settings = a_settings or {}
     b_settings = b_settings or {}
-    timers = {True: timeit.Timer(stmt_a, globals=namespace), False: timeit.Timer(stmt_b, globals=namespace)}
+    timers = {True: timeit.Timer(stmt_a, globals=namespace, timer=CLOCK),
+              False: timeit.Timer(stmt_b, globals=namespace, timer=CLOCK)}
     sides = {True: (True, a_settings), False: (b_on, b_settings)}
     numbers = {}
     for side in (True, False):
@@ -108,8 +115,13 @@ def ab_calls(switch, stmt_a, stmt_b, namespace, reps, block_seconds, setup=None,
 
 
 def ab_loops(switch, step_a, step_b, reps, steps, setup=None):
-    """Steps per second of two training-step callables, interleaved (A on, B off)."""
+    """Steps per second of two training-step callables, interleaved (A on, B off).
+
+    Returns (cpu_a, cpu_b, wall_a, wall_b): steps per second of process CPU
+    time and of wall time.
+    """
     samples = {True: [], False: []}
+    walls = {True: [], False: []}
     steppers = {True: step_a, False: step_b}
     for side in (True, False):  # warm-up, one block each
         switch.set(side)
@@ -123,11 +135,13 @@ def ab_loops(switch, step_a, step_b, reps, steps, setup=None):
             if setup is not None:
                 setup(side)
             step = steppers[side]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 step()
-            samples[side].append(steps / (time.perf_counter() - start))
-    return samples[True], samples[False]
+            cpu, wall = time.process_time() - cpu_start, time.perf_counter() - start
+            samples[side].append(steps / max(cpu, 1e-9))
+            walls[side].append(steps / wall)
+    return samples[True], samples[False], walls[True], walls[False]
 
 
 def run_process(argv, env):

@@ -30,7 +30,6 @@ from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, Patch, active_config
 
 AREA = "device"
-_MISS = object()
 _RealDevice = torch._C.device
 _RealGenerator = torch._C.Generator
 
@@ -97,57 +96,83 @@ def scan_device_functions():
 
 
 # -- wrappers -------------------------------------------------------------------
+# The wrappers below sit on hot paths (docs/performance.md). Their shape is
+# measured, not incidental: they read DEVICE_CACHE by subscript (misses, the
+# rare case, go through map_device), test ``"device" in kwargs`` instead of
+# calling ``kwargs.get``, and call the original without ``*``/``**``
+# unpacking where the call allows it.
 def _factory(original, strip_pin_memory):
-    cache_get = _device.DEVICE_CACHE.get
+    cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
     if strip_pin_memory:
         def factory(*args, **kwargs):
             if kwargs:
-                spec = kwargs.get("device")
-                if spec is not None:
-                    try:
-                        mapped = cache_get(spec, _MISS)
-                    except TypeError:
-                        mapped = _MISS
-                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
-                if kwargs.get("pin_memory"):
+                if "device" in kwargs:
+                    spec = kwargs["device"]
+                    if spec is not None:
+                        try:
+                            kwargs["device"] = cache[spec]
+                        except (KeyError, TypeError):
+                            kwargs["device"] = resolve(spec)
+                if "pin_memory" in kwargs and kwargs["pin_memory"]:
                     kwargs["pin_memory"] = False  # the target has no page-locked host memory
-            return original(*args, **kwargs)
+                return original(*args, **kwargs)
+            return original(*args)
     else:
         def factory(*args, **kwargs):
             if kwargs:
-                spec = kwargs.get("device")
-                if spec is not None:
-                    try:
-                        mapped = cache_get(spec, _MISS)
-                    except TypeError:
-                        mapped = _MISS
-                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
-            return original(*args, **kwargs)
+                if "device" in kwargs:
+                    spec = kwargs["device"]
+                    if spec is not None:
+                        try:
+                            kwargs["device"] = cache[spec]
+                        except (KeyError, TypeError):
+                            kwargs["device"] = resolve(spec)
+                return original(*args, **kwargs)
+            return original(*args)
     return functools.wraps(original)(factory)
 
 
 def _tensor_to(original):
-    cache_get = _device.DEVICE_CACHE.get
+    cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
     def to(self, *args, **kwargs):
         if args:
             first = args[0]
             try:
-                mapped = cache_get(first, _MISS)
+                mapped = cache[first]  # devices, device strings and dtypes are all cached
+            except KeyError:
+                mapped = resolve(first)
             except TypeError:
                 mapped = first
-            if mapped is _MISS:
-                mapped = resolve(first)
-            if mapped is not first:
-                args = (mapped,) + args[1:]
-        if kwargs:
-            spec = kwargs.get("device")
+            if not kwargs:
+                if len(args) == 1:
+                    return original(self, mapped)
+                return original(self, mapped, *args[1:])
+            if len(args) == 1:
+                if len(kwargs) == 1 and "non_blocking" in kwargs:  # x.to(device, non_blocking=True)
+                    return original(self, mapped, non_blocking=kwargs["non_blocking"])
+                if "device" not in kwargs:
+                    return original(self, mapped, **kwargs)
+            args = (mapped,) + args[1:]
+            if "device" in kwargs:  # an invalid combination: let torch say so, about the mapped device
+                spec = kwargs["device"]
+                if spec is not None:
+                    kwargs["device"] = resolve(spec)
+        elif "device" in kwargs:
+            spec = kwargs.pop("device")
             if spec is not None:
-                mapped = cache_get(spec, _MISS)
-                kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
+                try:
+                    spec = cache[spec]
+                except (KeyError, TypeError):
+                    spec = resolve(spec)
+            if not kwargs:
+                return original(self, device=spec)
+            if len(kwargs) == 1 and "non_blocking" in kwargs:
+                return original(self, device=spec, non_blocking=kwargs["non_blocking"])
+            return original(self, device=spec, **kwargs)
         return original(self, *args, **kwargs)
     return functools.wraps(original)(to)
 
@@ -171,6 +196,8 @@ def _tensor_cuda(target):
 
     if target.type == "cpu":
         def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            if device is None and memory_format is preserve:
+                return to_cpu(self)  # the common call, t.cuda(): one test, one call
             if device is not None:
                 _check_cuda_arg("Tensor.cuda", device)
             if memory_format is preserve:
@@ -278,20 +305,23 @@ def _stand_in(real, call, doc=None):
         "__doc__": doc or real.__doc__,
         "_torchdevice_real": real,
     }
-    meta = type("_StandInMeta", (_TypeStandIn,), {"__call__": call})
+    # isinstance(x, torch.device) calls the metaclass's __instancecheck__. The real
+    # type's own bound __instancecheck__ is a C method, not a descriptor, so Python
+    # calls it with ``x`` alone: the check stays in C (no Python frame per call).
+    meta = type("_StandInMeta", (_TypeStandIn,), {"__call__": call, "__instancecheck__": real.__instancecheck__})
     return meta(real.__name__, (), namespace)
 
 
 def _device_type(original):
-    cache_get = _device.DEVICE_CACHE.get
+    cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
     def __call__(cls, *args, **kwargs):
         if not kwargs and len(args) == 1:
             try:
-                mapped = cache_get(args[0], _MISS)
-            except TypeError:
-                mapped = _MISS
+                mapped = cache[args[0]]
+            except (KeyError, TypeError):
+                mapped = None
             if type(mapped) is _RealDevice:
                 return mapped
         made = _RealDevice(*args, **kwargs)
