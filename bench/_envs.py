@@ -3,7 +3,8 @@
 Two environments built from the same interpreter and the same torch:
 
 * ``installed``: torchdevice laid out exactly as its wheel installs it
-  (``torchdevice/`` and ``torchdevice_autoload.pth`` at the site-packages root),
+  (``torchdevice/``, ``torchdevice_autoload.pth`` and ``_torchdevice_trampoline.py``
+  at the site-packages root, byte-compiled as pip does),
   copied from this checkout, so the start-up figures are those of a real
   install and not of an editable one (whose extra path entry costs time of its
   own);
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PTH = "torchdevice_autoload.pth"
+TRAMPOLINE = "_torchdevice_trampoline.py"
 
 
 def _site_packages(prefix):
@@ -36,7 +38,7 @@ def _python(prefix):
 
 def _sources_key():
     digest = hashlib.sha256()
-    for path in sorted((SRC / "torchdevice").rglob("*.py")) + [SRC / PTH]:
+    for path in sorted((SRC / "torchdevice").rglob("*.py")) + [SRC / PTH, SRC / TRAMPOLINE]:
         digest.update(str(path.relative_to(SRC)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -58,9 +60,11 @@ def _make(prefix, installed):
     if installed:
         shutil.copytree(SRC / "torchdevice", site / "torchdevice", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(SRC / PTH, site / PTH)
+        shutil.copy2(SRC / TRAMPOLINE, site / TRAMPOLINE)
         # pip compiles byte code at install time; do the same (this also matters where
         # PYTHONDONTWRITEBYTECODE is set, which would make every start compile from source).
         compileall.compile_dir(str(site / "torchdevice"), quiet=1)
+        compileall.compile_file(str(site / TRAMPOLINE), quiet=1)
     (prefix / ".complete").write_text("ok\n")
 
 

@@ -41,7 +41,7 @@ MODES = {
               "block": 0.0005, "loop_reps": 1, "loop_steps": 2, "tiny_steps": 5, "memory_steps": 50,
               "memory_warmup": 10, "cli_reps": 1},
 }
-SMOKE_SKIPS = {"import", "cli"}  # whole `import torch` processes: seconds each
+SMOKE_SKIPS = {"import", "cli", "report"}  # whole `import torch` processes: seconds each
 
 
 class Context:
@@ -149,6 +149,9 @@ def main(argv=None):
         ["startup", "import", "calls", "events", "training", "memory", "report", "cli"]))
     parser.add_argument("--venv-dir", default=str(HERE / "results" / "venvs"),
                         help="cache for the start-up environments")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads in this process (default 1: on a shared machine, "
+                             "multi-threaded steps are dominated by scheduling noise)")
     args = parser.parse_args(argv)
 
     import _cases
@@ -162,8 +165,12 @@ def main(argv=None):
     import warnings
 
     warnings.simplefilter("ignore")  # one-time notices of the areas would only clutter the table
+    import torch
+
+    torch.set_num_threads(args.threads)
     ctx = Context(mode, args.venv_dir)
     meta = _meta(ctx, args)
+    meta["torch_threads"] = torch.get_num_threads()
     rows = []
     started = time.perf_counter()
     for name in names:

@@ -5,13 +5,12 @@ imported it activates at once; otherwise it puts one ``_TorchFinder`` on
 ``sys.meta_path``.
 
 The autoload ``.pth`` does not import this package at interpreter start (that
-would cost every Python process on the machine about a millisecond). Its one
-line defines a trampoline finder that compares the name of each import with
-"torch"; on the first ``import torch`` it imports torchdevice, whose
-``install()`` replaces the trampoline in place with the real ``_TorchFinder``,
-and then answers through ``find_spec_from_trampoline``. An error importing
-torchdevice there is silent (one stderr line under
-``TORCHDEVICE_LOG_LEVEL=DEBUG``) and torch loads unpatched.
+would cost every Python process of the environment about a millisecond): it
+imports the small top-level module ``_torchdevice_trampoline``, whose finder
+compares the name of each import with "torch". On the first ``import torch``
+the trampoline imports torchdevice, whose ``install()`` replaces the
+trampoline in place with the real ``_TorchFinder``, and then answers through
+``find_spec_from_trampoline``.
 
 The real finder answers only for the names in its hook table (one dict lookup
 for every other import), asks the other finders for the real spec, and wraps
