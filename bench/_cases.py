@@ -111,6 +111,7 @@ def group_startup(ctx):
         "installed": ([installed, "-c", "pass"], clean_env()),
         "disabled": ([installed, "-c", "pass"], clean_env(TORCHDEVICE_DISABLE=TRUE)),
         "bare": ([bare, "-c", "pass"], clean_env()),
+        "null_pth": ([envs["null_pth"], "-c", "pass"], clean_env()),
     }
     runs = M.ab_processes(variants, ctx.p["startup_reps"], warmup=2)
     rows = []
@@ -124,6 +125,9 @@ def group_startup(ctx):
                 f"python -c pass, {what}: hook armed vs {b_label}", "ms",
                 runs["installed"][clock], runs[b_name][clock], row_checks, row_target, a_label="installed",
                 b_label=b_label, scale=1e3))
+    rows.append(make_row("startup_null_pth", "startup", "python -c pass, CPU time: a .pth that only runs "
+                         "'import sys' vs not installed (the floor of any .pth hook)", "ms", runs["null_pth"]["cpu"],
+                         runs["bare"]["cpu"], [], "", a_label="null .pth", b_label="not installed", scale=1e3))
     # The .pth line itself, timed inside a fresh interpreter (one figure per process: the
     # first execution is the one every start pays).
     samples, firsts = [], []
@@ -389,6 +393,8 @@ def group_training(ctx):
     specs = [
         ("train_amp", "small CUDA-idiom training loop (MLP 128-256-256-10, batch 64, AMP, per-batch .to/.cuda)",
          (128, 256, 256, 10), 64, True, [("ratio", ">=", 0.99)], ">= 0.99", ctx.p["loop_steps"]),
+        ("train_mlp", "the same loop without AMP (MLP 128-256-256-10, batch 64, per-batch .to/.cuda)",
+         (128, 256, 256, 10), 64, False, [], "", ctx.p["loop_steps"]),
         ("train_tiny", "tiny-step loop (MLP 16-16-1, batch 8, per-batch .to/.cuda, no AMP)",
          (16, 16, 1), 8, False, [("ratio", ">=", 0.97)], ">= 0.97", ctx.p["tiny_steps"]),
     ]

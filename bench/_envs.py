@@ -8,7 +8,9 @@ Two environments built from the same interpreter and the same torch:
   copied from this checkout, so the start-up figures are those of a real
   install and not of an editable one (whose extra path entry costs time of its
   own);
-* ``bare``: the same venv without torchdevice.
+* ``bare``: the same venv without torchdevice;
+* ``null_pth``: ``bare`` plus a .pth whose line is ``import sys``: the least any
+  start-up hook written as a .pth line can cost.
 
 Both see torch through one path entry (a ``.pth`` naming the site-packages
 directory that holds the running torch), so neither copies torch. The
@@ -50,7 +52,7 @@ def _torch_site():
     return str(Path(torch.__file__).resolve().parents[1])
 
 
-def _make(prefix, installed):
+def _make(prefix, installed, null_pth=False):
     if prefix.exists():
         shutil.rmtree(prefix)
     venv.EnvBuilder(with_pip=False, clear=True, symlinks=True).create(prefix)
@@ -65,17 +67,19 @@ def _make(prefix, installed):
         # PYTHONDONTWRITEBYTECODE is set, which would make every start compile from source).
         compileall.compile_dir(str(site / "torchdevice"), quiet=1)
         compileall.compile_file(str(site / TRAMPOLINE), quiet=1)
+    if null_pth:  # the floor of any start-up hook: a .pth whose one line imports an already loaded module
+        (site / "null_hook.pth").write_text("import sys\n")
     (prefix / ".complete").write_text("ok\n")
 
 
 def environments(cache_dir):
-    """{"installed": python, "bare": python, "site_installed": site-packages dir}, built if needed."""
+    """{"installed", "bare", "null_pth": python executables, "site_installed": site-packages dir}."""
     base = Path(cache_dir) / _sources_key()
     out = {}
-    for name, installed in (("installed", True), ("bare", False)):
+    for name, installed, null_pth in (("installed", True, False), ("bare", False, False), ("null_pth", False, True)):
         prefix = base / name
         if not (prefix / ".complete").exists():
-            _make(prefix, installed)
+            _make(prefix, installed, null_pth)
         out[name] = str(_python(prefix))
     out["site_installed"] = str(_site_packages(base / "installed"))
     for old in Path(cache_dir).iterdir():

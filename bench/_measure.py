@@ -19,6 +19,7 @@ hits both sides alike:
 
 Figures are medians over the repetitions; a ratio is median(A) / median(B).
 """
+import gc
 import os
 import statistics
 import subprocess
@@ -129,12 +130,18 @@ def ab_loops(switch, step_a, step_b, reps, steps, setup=None):
             setup(side)
         for _ in range(max(2, steps // 5)):
             steppers[side]()
+    settle = max(1, steps // 10)
     for rep in range(reps):
         for side in ((True, False) if rep % 2 == 0 else (False, True)):
             switch.set(side)
             if setup is not None:
                 setup(side)
             step = steppers[side]
+            # Switching allocates (patch() builds wrappers); start each block from the same
+            # collector state and warm caches, so a collection it provokes is not billed to one side.
+            gc.collect()
+            for _ in range(settle):
+                step()
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 step()

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 # Repetitions per mode. Blocks are seconds of wall time per timed block.
 MODES = {
     "full": {"startup_reps": 300, "pth_reps": 60, "import_reps": 25, "activation_reps": 15, "call_reps": 31,
-             "block": 0.02, "loop_reps": 21, "loop_steps": 30, "tiny_steps": 200, "memory_steps": 10_000,
+             "block": 0.02, "loop_reps": 41, "loop_steps": 30, "tiny_steps": 200, "memory_steps": 10_000,
              "memory_warmup": 2_000, "cli_reps": 5},
     "quick": {"startup_reps": 40, "pth_reps": 10, "import_reps": 4, "activation_reps": 3, "call_reps": 7,
               "block": 0.01, "loop_reps": 5, "loop_steps": 20, "tiny_steps": 100, "memory_steps": 10_000,
