@@ -57,6 +57,21 @@ def test_directory_follows_xdg_cache_home(monkeypatch, tmp_path):
     assert cache.directory() == tmp_path / "torchdevice"
 
 
+def test_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache.directory() == tmp_path / ".cache" / "torchdevice"
+
+
+def test_no_absolute_cache_directory_means_no_cache(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")
+    monkeypatch.setattr(cache.os.path, "expanduser", lambda path: path)  # no home directory
+    assert cache.directory() is None
+    assert cache.cached("fact", lambda: [5]) == [5]
+    assert list(tmp_path.iterdir()) == [], "nothing written relative to the working directory"
+
+
 def test_device_functions_from_cache_match_a_fresh_scan(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     fresh = redirect.scan_device_functions()

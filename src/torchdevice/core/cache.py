@@ -22,9 +22,15 @@ from typing import Any, Callable, Optional
 FORMAT = 1  # bump when the meaning of a cached fact changes
 
 
-def directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "torchdevice"
+def directory() -> Optional[Path]:
+    """Where cached facts live; None when there is no absolute cache or home directory.
+
+    A relative XDG_CACHE_HOME is ignored, as the XDG specification says.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "torchdevice" if os.path.isabs(base) else None
 
 
 def torch_key() -> Optional[str]:
@@ -49,9 +55,10 @@ def cached(name: str, derive: Callable[[], Any], folder: Optional[Path] = None) 
     The value is validated by a JSON round trip only; callers check its shape.
     """
     key = torch_key()
-    if key is None:
+    folder = folder or directory()
+    if key is None or folder is None:
         return derive()
-    path = (folder or directory()) / f"{name}-{key}.json"
+    path = folder / f"{name}-{key}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
