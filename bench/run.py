@@ -6,6 +6,7 @@ Usage::
     python bench/run.py --quick         # fewer repetitions (about a minute)
     python bench/run.py --smoke         # seconds: checks that every row runs (used by the tests)
     python bench/run.py --groups calls,training --json out.json
+    python bench/run.py --render bench/results/latest.json   # Markdown table of a run
 
 Prints a table (medians, ratios, targets) and writes JSON (default
 bench/results/latest.json). The method and the latest figures are in
@@ -31,7 +32,7 @@ sys.path.insert(0, str(HERE))
 
 # Repetitions per mode. Blocks are seconds of wall time per timed block.
 MODES = {
-    "full": {"startup_reps": 300, "pth_reps": 60, "import_reps": 25, "activation_reps": 15, "call_reps": 31,
+    "full": {"startup_reps": 300, "pth_reps": 60, "import_reps": 40, "activation_reps": 15, "call_reps": 31,
              "block": 0.02, "loop_reps": 41, "loop_steps": 30, "tiny_steps": 200, "memory_steps": 10_000,
              "memory_warmup": 2_000, "cli_reps": 5},
     "quick": {"startup_reps": 40, "pth_reps": 10, "import_reps": 4, "activation_reps": 3, "call_reps": 7,
@@ -139,6 +140,23 @@ def print_table(rows, out=sys.stdout):
         print(f"  {rid}: {note}", file=out)
 
 
+def markdown_table(data):
+    """The figures of a JSON result as a Markdown table (for docs/performance.md)."""
+    meta, rows = data["meta"], data["rows"]
+    lines = [f"Run {meta['date']}, commit {meta['commit']}, mode {meta['mode']}: Python {meta['python']}, "
+             f"torch {meta['torch']}, {meta['cpu']} ({meta['cpus']} cores), target {meta['target']}, "
+             f"torch threads {meta.get('torch_threads')}, load average {meta['load_average_start']} -> "
+             f"{meta['load_average_end']}.", "",
+             "| row | unit | torchdevice | native | ratio | added | target | status |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        added = "-" if r["added"] is None else _fmt(r["added"], r["unit"])
+        lines.append(f"| `{r['id']}` | {r['unit']} | {_fmt(r['torchdevice'], r['unit'])} | "
+                     f"{_fmt(r['native'], r['unit'])} | {ratio} | {added} | {r['target'] or '-'} | {r['status']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     speed = parser.add_mutually_exclusive_group()
@@ -152,7 +170,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads in this process (default 1: on a shared machine, "
                              "multi-threaded steps are dominated by scheduling noise)")
+    parser.add_argument("--render", metavar="JSON", help="print the Markdown table of an earlier run and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        print(markdown_table(json.loads(Path(args.render).read_text())))
+        return 0
 
     import _cases
 
