@@ -9,12 +9,17 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
-import torch
-import torchdevice
+# Keep the on-disk cache of torch facts (core/cache.py) out of the user's home; child
+# processes inherit it through clean_env().
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="torchdevice-test-cache-")
+
+import torch  # noqa: F401,E402
+import torchdevice  # noqa: E402
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ def test_pth_at_site_packages_root(kind, request):
     python = request.getfixturevalue(f"{kind}_python")
     prefix = python.parents[1]
     assert (venvs.site_packages(prefix) / "torchdevice_autoload.pth").is_file()
+    assert (venvs.site_packages(prefix) / "_torchdevice_trampoline.py").is_file()
 
 
 @pytest.mark.parametrize("kind", ["wheel", "editable"])

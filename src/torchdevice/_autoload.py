@@ -1,10 +1,20 @@
 """The import hook: patch torch right after its first import.
 
-``install()`` is what ``import torchdevice`` (and so the autoload ``.pth``)
-runs. If torch is already imported it activates at once; otherwise it puts one
-``_TorchFinder`` on ``sys.meta_path``. The finder answers only for the names in
-its hook table (one dict lookup for every other import), asks the other finders
-for the real spec, and wraps the real loader: after torch's own
+``install()`` is what ``import torchdevice`` runs. If torch is already
+imported it activates at once; otherwise it puts one ``_TorchFinder`` on
+``sys.meta_path``.
+
+The autoload ``.pth`` does not import this package at interpreter start (that
+would cost every Python process of the environment about a millisecond): it
+imports the small top-level module ``_torchdevice_trampoline``, whose finder
+compares the name of each import with "torch". On the first ``import torch``
+the trampoline imports torchdevice, whose ``install()`` replaces the
+trampoline in place with the real ``_TorchFinder``, and then answers through
+``find_spec_from_trampoline``.
+
+The real finder answers only for the names in its hook table (one dict lookup
+for every other import), asks the other finders for the real spec, and wraps
+the real loader: after torch's own
 ``exec_module`` has finished, the hook runs, the module's ``__loader__`` is set
 back to the real loader, and the finder removes itself once no hooks are left.
 An error from torch's own import propagates untouched and nothing is patched.
@@ -92,6 +102,35 @@ def _our_finders():
     return [f for f in sys.meta_path if getattr(f, "_torchdevice_finder", False)]
 
 
+def _trampoline_armed():
+    return any(getattr(f, "_torchdevice_trampoline", False) for f in sys.meta_path)
+
+
+def _ensure_finder():
+    """Put one _TorchFinder on sys.meta_path, in the place of the .pth trampoline if armed.
+
+    Replacing the trampoline in place (not remove + insert) keeps the position
+    of an import system loop that is running over ``sys.meta_path`` right now:
+    the trampoline imports this module from inside its own ``find_spec``.
+    """
+    meta = sys.meta_path
+    for i, finder in enumerate(meta):
+        if getattr(finder, "_torchdevice_finder", False):
+            if getattr(finder, "_torchdevice_trampoline", False):
+                meta[i] = _TorchFinder()
+            return
+    meta.insert(0, _TorchFinder())
+
+
+def find_spec_from_trampoline(trampoline, name, path=None, target=None):
+    """Called by the .pth trampoline on the first ``import torch``, after ``import torchdevice``
+    has replaced it with the real finder: answer as that finder does."""
+    for finder in sys.meta_path:
+        if isinstance(finder, _TorchFinder):
+            return finder.find_spec(name, path, target)
+    return None
+
+
 def when_imported(name, callback, chain=False):
     """Run ``callback(module)`` once ``name`` has been imported (now, if it is).
 
@@ -110,8 +149,7 @@ def when_imported(name, callback, chain=False):
             _hooks[name] = both
         else:
             _hooks[name] = callback
-        if not _our_finders():
-            sys.meta_path.insert(0, _TorchFinder())
+        _ensure_finder()
 
 
 def cancel(name):
@@ -158,10 +196,12 @@ def _activate_from_hook(module):
 def install():
     """Arm the hook (or activate now if torch is loaded). Idempotent.
 
-    Does nothing when TORCHDEVICE_DISABLE is set to a true value. Any other
-    value is checked when torch is imported, where a bad one raises ConfigError
-    (raising here would be swallowed by site.py's .pth handling).
+    Does nothing when TORCHDEVICE_DISABLE is set to a true value, unless the
+    .pth trampoline is armed: it read the variable at interpreter start, and
+    that decision stands (as when the .pth imported torchdevice at start). Any
+    other value is checked when torch is imported, where a bad one raises
+    ConfigError (raising here would be swallowed by site.py's .pth handling).
     """
-    if os.environ.get("TORCHDEVICE_DISABLE", "").strip().lower() in _TRUE_WORDS:
+    if os.environ.get("TORCHDEVICE_DISABLE", "").strip().lower() in _TRUE_WORDS and not _trampoline_armed():
         return
     when_imported("torch", _activate_from_hook)

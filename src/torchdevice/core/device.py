@@ -11,7 +11,8 @@
 should get: every CUDA spec (``"cuda"``, ``"cuda:1"``, ``torch.device("cuda",
 0)``, a bare index such as ``0``) becomes the target device; everything else
 (``"cpu"``, ``"meta"``, an explicit ``"mps"``) is returned as torch would parse
-it. Results are cached in ``DEVICE_CACHE``, a plain dict that the wrappers on
+it. Results are cached in ``DEVICE_CACHE`` (which also maps every dtype to
+itself, for ``Tensor.to``), a plain dict that the wrappers on
 hot paths read directly: one dict lookup per call, no parsing.
 """
 import sys
@@ -126,6 +127,13 @@ def _seed_cache(target: Target) -> None:
         map_device(device_type("cuda", i))
     map_device(device_type("cuda"))
     map_device(target.device)
+    # dtypes map to themselves: Tensor.to(torch.float16) then costs the wrapper one
+    # cache hit instead of a miss and a call to map_device.
+    import torch
+
+    for value in vars(torch).values():
+        if type(value) is torch.dtype:
+            DEVICE_CACHE[value] = value
 
 
 def map_device(spec: Any) -> Any:

@@ -31,11 +31,11 @@ import re
 
 import torch
 
+from ...core import cache as _cache
 from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REGISTRY, Patch, active_config, resolve
 
 AREA = "device"
-_MISS = object()
 _RealDevice = torch._C.device
 _RealGenerator = torch._C.Generator
 
@@ -55,7 +55,22 @@ _SIGNATURE = re.compile(r"\*,.*\bdevice\b")
 @functools.lru_cache(maxsize=None)
 def device_functions():
     """(owner, name, takes_pin_memory) for every public factory-like function
-    of this torch that accepts a keyword ``device``."""
+    of this torch that accepts a keyword ``device``.
+
+    Scanning the operator schemas takes tens of milliseconds, so the result is
+    kept on disk per torch build (core/cache.py) and read back at later starts.
+    """
+    try:
+        rows = _cache.cached("device-functions", lambda: [list(row) for row in scan_device_functions()])
+        if all(isinstance(o, str) and isinstance(n, str) and isinstance(p, bool) for o, n, p in rows):
+            return tuple(sorted((o, n, p) for o, n, p in rows))
+    except (TypeError, ValueError):
+        pass  # a cache file of another shape: derive again
+    return scan_device_functions()
+
+
+def scan_device_functions():
+    """device_functions(), derived from this torch's schemas and signatures (no cache)."""
     found = {}
     variable_functions = torch._C._VariableFunctions
     for schema in torch._C._jit_get_all_schemas():
@@ -92,58 +107,88 @@ def device_functions():
 
 
 # -- wrappers -------------------------------------------------------------------
+# The wrappers below sit on hot paths (docs/performance.md). Their shape is
+# measured, not incidental: they read DEVICE_CACHE by subscript (misses, the
+# rare case, go through map_device), test ``"device" in kwargs`` instead of
+# calling ``kwargs.get``, and call the original without ``*``/``**``
+# unpacking where the call allows it.
 def _factory(original, strip_pin_memory):
-    cache_get = _device.DEVICE_CACHE.get
+    cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
     if strip_pin_memory:
         def factory(*args, **kwargs):
             if kwargs:
-                spec = kwargs.get("device")
-                if spec is not None:
-                    try:
-                        mapped = cache_get(spec, _MISS)
-                    except TypeError:
-                        mapped = _MISS
-                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
-                if kwargs.get("pin_memory"):
+                if "device" in kwargs:
+                    spec = kwargs["device"]
+                    if spec is not None:
+                        try:
+                            kwargs["device"] = cache[spec]
+                        except (KeyError, TypeError):
+                            kwargs["device"] = resolve(spec)
+                if "pin_memory" in kwargs and kwargs["pin_memory"]:
                     kwargs["pin_memory"] = False  # the target has no page-locked host memory
-            return original(*args, **kwargs)
+                return original(*args, **kwargs)
+            return original(*args)
     else:
         def factory(*args, **kwargs):
             if kwargs:
-                spec = kwargs.get("device")
-                if spec is not None:
-                    try:
-                        mapped = cache_get(spec, _MISS)
-                    except TypeError:
-                        mapped = _MISS
-                    kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
-            return original(*args, **kwargs)
+                if "device" in kwargs:
+                    spec = kwargs["device"]
+                    if spec is not None:
+                        try:
+                            kwargs["device"] = cache[spec]
+                        except (KeyError, TypeError):
+                            kwargs["device"] = resolve(spec)
+                return original(*args, **kwargs)
+            return original(*args)
     return functools.wraps(original)(factory)
 
 
+_NO_ARG = object()
+
+
 def _tensor_to(original):
-    cache_get = _device.DEVICE_CACHE.get
+    cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
-    def to(self, *args, **kwargs):
-        if args:
-            first = args[0]
+    # The first positional argument gets its own parameter: binding it costs less than
+    # building and measuring an ``*args`` tuple, and t.to(x) is the common call.
+    def to(self, _first_arg=_NO_ARG, *rest, **kwargs):
+        if _first_arg is not _NO_ARG:
             try:
-                mapped = cache_get(first, _MISS)
+                mapped = cache[_first_arg]  # devices, device strings and dtypes are all cached
+            except KeyError:
+                mapped = resolve(_first_arg)
             except TypeError:
-                mapped = first
-            if mapped is _MISS:
-                mapped = resolve(first)
-            if mapped is not first:
-                args = (mapped,) + args[1:]
-        if kwargs:
-            spec = kwargs.get("device")
+                mapped = _first_arg
+            if not kwargs:
+                if not rest:
+                    return original(self, mapped)
+                return original(self, mapped, *rest)
+            if not rest:
+                if len(kwargs) == 1 and "non_blocking" in kwargs:  # x.to(device, non_blocking=True)
+                    return original(self, mapped, non_blocking=kwargs["non_blocking"])
+                if "device" not in kwargs:
+                    return original(self, mapped, **kwargs)
+            if "device" in kwargs:  # an invalid combination: let torch say so, about the mapped device
+                spec = kwargs["device"]
+                if spec is not None:
+                    kwargs["device"] = resolve(spec)
+            return original(self, mapped, *rest, **kwargs)
+        if "device" in kwargs:
+            spec = kwargs.pop("device")
             if spec is not None:
-                mapped = cache_get(spec, _MISS)
-                kwargs["device"] = resolve(spec) if mapped is _MISS else mapped
-        return original(self, *args, **kwargs)
+                try:
+                    spec = cache[spec]
+                except (KeyError, TypeError):
+                    spec = resolve(spec)
+            if not kwargs:
+                return original(self, device=spec)
+            if len(kwargs) == 1 and "non_blocking" in kwargs:
+                return original(self, device=spec, non_blocking=kwargs["non_blocking"])
+            return original(self, device=spec, **kwargs)
+        return original(self, **kwargs)
     return functools.wraps(original)(to)
 
 
@@ -166,6 +211,8 @@ def _tensor_cuda(target):
 
     if target.type == "cpu":
         def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            if device is None and memory_format is preserve:
+                return to_cpu(self)  # the common call, t.cuda(): one test, one call
             if device is not None:
                 _check_cuda_arg("Tensor.cuda", device)
             if memory_format is preserve:
@@ -274,7 +321,10 @@ def _stand_in(real, call, doc=None):
         "__doc__": doc or real.__doc__,
         "_torchdevice_real": real,
     }
-    meta = type("_StandInMeta", (_TypeStandIn,), {"__call__": call})
+    # isinstance(x, torch.device) calls the metaclass's __instancecheck__. The real
+    # type's own bound __instancecheck__ is a C method, not a descriptor, so Python
+    # calls it with ``x`` alone: the check stays in C (no Python frame per call).
+    meta = type("_StandInMeta", (_TypeStandIn,), {"__call__": call, "__instancecheck__": real.__instancecheck__})
     return meta(real.__name__, (), namespace)
 
 
