@@ -57,19 +57,7 @@ def _masquerade(real_answer, fake_answer):
 
 def _masquerade_original(fake_answer):
     """Like ``_masquerade``, but torch itself gets whatever the original returns."""
-    truthful = active_config().truthful_modules
-    sees_truth = _device.caller_sees_truth
-
-    def make(original):
-        def answer(*args, **kwargs):
-            if sees_truth(truthful):
-                return original(*args, **kwargs)
-            return fake_answer
-        try:
-            return functools.wraps(original)(answer)
-        except (AttributeError, TypeError):
-            return answer
-    return make
+    return _for_users(lambda *args, **kwargs: fake_answer)
 
 
 def _for_users(replacement):
@@ -89,7 +77,10 @@ def _for_users(replacement):
             if sees_truth(truthful):
                 return original(*args, **kwargs)
             return replacement(*args, **kwargs)
-        return functools.wraps(original)(answer)
+        try:
+            return functools.wraps(original)(answer)
+        except (AttributeError, TypeError):
+            return answer
     return make
 
 
@@ -162,17 +153,13 @@ def resolve_index(device, target_type):
     returns while patched) name the selected index; ``"cuda:N"``, ``torch.device("cuda", N)``
     and ``N`` name N. Any other device raises torch's ValueError.
     """
-    if device is None:
-        return _device.current_index
-    if isinstance(device, int) and not isinstance(device, bool):
-        return device
     if isinstance(device, str):
         device = _RealDevice(device)
-    if type(device) is _RealDevice:
-        if device.type == "cuda":
-            return _device.current_index if device.index is None else device.index
-        if device.type == target_type:
-            return _device.current_index
+    if type(device) is _RealDevice and device.type == target_type:
+        return _device.current_index
+    if device is None or type(device) is _RealDevice and device.type == "cuda" or (
+            isinstance(device, int) and not isinstance(device, bool)):
+        return _device.cuda_index(device)
     raise ValueError(f"Expected a cuda device, but got: {device!r}")
 
 
