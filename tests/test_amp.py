@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import torchdevice
-from torchdevice.core import logger
+from torchdevice.core import compat, logger
 from torchdevice.ops import amp
 
 
@@ -22,7 +22,7 @@ def matmul_dtype():
 
 
 def cuda_state():
-    return torch.is_autocast_enabled(), torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    return torch.is_autocast_enabled(), compat.is_autocast_enabled("cuda"), compat.get_autocast_dtype("cuda")
 
 
 # -- autocast ------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def test_autocast_cuda_casts_on_target_and_queries_agree(patched):
         assert matmul_dtype() == torch.float16
     assert matmul_dtype() == torch.float32
     assert cuda_state()[:2] == (False, False)
-    assert not torch.is_autocast_enabled("cpu"), "the target's state is restored"
+    assert not compat.is_autocast_enabled("cpu"), "the target's state is restored"
 
 
 @pytest.mark.parametrize("make", [
@@ -82,7 +82,7 @@ def test_model_forward_under_autocast_matches_half_precision_math(patched):
 def test_explicit_cpu_autocast_untouched(patched):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert matmul_dtype() == torch.bfloat16
-        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+        assert compat.is_autocast_enabled("cpu") and not compat.is_autocast_enabled("cuda")
 
 
 def test_unsupported_dtype_uses_nearest_with_one_warning(unpatched, monkeypatch, fresh_warnings):
@@ -91,7 +91,7 @@ def test_unsupported_dtype_uses_nearest_with_one_warning(unpatched, monkeypatch,
     with pytest.warns(torchdevice.TorchDeviceWarning, match=r"runs as torch.bfloat16 on cpu"):
         with torch.autocast("cuda"):
             assert matmul_dtype() == torch.bfloat16
-            assert torch.get_autocast_dtype("cuda") == torch.bfloat16, "queries report what really runs"
+            assert compat.get_autocast_dtype("cuda") == torch.bfloat16, "queries report what really runs"
     with warnings.catch_warnings():
         warnings.simplefilter("error", torchdevice.TorchDeviceWarning)
         with torch.autocast("cuda"):  # second time: no warning
@@ -142,13 +142,26 @@ def make_function(fwd_decorator, bwd_decorator, seen):
         @staticmethod
         @bwd_decorator
         def backward(ctx, grad):
-            seen["backward"] = torch.is_autocast_enabled("cuda")
+            seen["backward"] = compat.is_autocast_enabled("cuda")
             a, b = ctx.saved_tensors
             return grad @ b.t(), a.t() @ grad
     return MatMul
 
 
-@pytest.mark.parametrize("spelling", ["torch.amp", "torch.cuda.amp"])
+_HAS_AMP_CUSTOM_FWD = hasattr(torch.amp, "custom_fwd")
+_NO_AMP_CUSTOM_FWD = "torch.amp.custom_fwd/custom_bwd(device_type=...) arrived in torch 2.4"
+
+
+def cuda_custom_fwd_bwd():
+    """custom_fwd/custom_bwd for "cuda" in this torch's newest spelling."""
+    if _HAS_AMP_CUSTOM_FWD:
+        return torch.amp.custom_fwd(device_type="cuda"), torch.amp.custom_bwd(device_type="cuda")
+    return torch.cuda.amp.custom_fwd, torch.cuda.amp.custom_bwd
+
+
+@pytest.mark.parametrize("spelling", [
+    pytest.param("torch.amp", marks=pytest.mark.skipif(not _HAS_AMP_CUSTOM_FWD, reason=_NO_AMP_CUSTOM_FWD)),
+    "torch.cuda.amp"])
 def test_custom_fwd_casts_inputs_on_target(patched, spelling):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -173,7 +186,7 @@ def test_custom_fwd_casts_inputs_on_target(patched, spelling):
 
 def test_custom_bwd_replays_forward_autocast(patched):
     seen = {}
-    MatMul = make_function(torch.amp.custom_fwd(device_type="cuda"), torch.amp.custom_bwd(device_type="cuda"), seen)
+    MatMul = make_function(*cuda_custom_fwd_bwd(), seen)
     a = torch.randn(3, 3, device="cuda", requires_grad=True)
     with torch.autocast("cuda"):
         out = MatMul.apply(a, torch.randn(3, 3, device="cuda"))

@@ -45,7 +45,7 @@ def uses_autocast(x):
 
 @torch.autocast("cuda", dtype=torch.bfloat16)
 def decorated(x):
-    return x @ x, torch.get_autocast_dtype("cuda")
+    return x @ x, torch.get_autocast_gpu_dtype()
 
 out = {}
 for fn, arg in ((uses_cuda_api, torch.ones(2)), (uses_autocast, torch.ones(3, 3)), (decorated, torch.ones(2, 2))):

@@ -44,6 +44,7 @@ from collections import abc
 
 import torch
 
+from ..core import compat
 from ..core import device as _device
 from ..core.logger import warn_once
 from ..core.patch import EMULATED, REGISTRY, Patch
@@ -93,7 +94,7 @@ def _dtype_plan(device_type, supported):
 def _autocast_init(target_type, plan):
     def make(original):
         scripting = torch._jit_internal.is_scripting
-        get_dtype = torch.get_autocast_dtype
+        get_dtype = compat.get_autocast_dtype
 
         def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
             if device_type != _CUDA or scripting():
@@ -119,8 +120,8 @@ def _autocast_init(target_type, plan):
 
 
 def _autocast_enter(original):
-    set_enabled, set_dtype = torch.set_autocast_enabled, torch.set_autocast_dtype
-    is_enabled, get_dtype = torch.is_autocast_enabled, torch.get_autocast_dtype
+    set_enabled, set_dtype = compat.set_autocast_enabled, compat.set_autocast_dtype
+    is_enabled, get_dtype = compat.is_autocast_enabled, compat.get_autocast_dtype
 
     def __enter__(self):
         target = getattr(self, "_torchdevice_target", None)
@@ -133,7 +134,7 @@ def _autocast_enter(original):
 
 
 def _autocast_exit(original):
-    set_enabled, set_dtype = torch.set_autocast_enabled, torch.set_autocast_dtype
+    set_enabled, set_dtype = compat.set_autocast_enabled, compat.set_autocast_dtype
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         result = original(self, exc_type, exc_val, exc_tb)

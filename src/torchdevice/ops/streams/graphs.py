@@ -37,6 +37,7 @@ import threading
 
 import torch
 
+from ...core import compat
 from ...core.patch import EMULATED, Patch
 from . import synchronize as _sync
 
@@ -307,12 +308,7 @@ class graph:
 
 def _autocast_on():
     """Autocast for CUDA, or for the target CUDA autocast is redirected to."""
-    if torch.is_autocast_enabled():
-        return True
-    try:
-        return torch.is_autocast_enabled(_sync._target_name())
-    except TypeError:  # a torch whose is_autocast_enabled takes no device type
-        return False
+    return compat.is_autocast_enabled("cuda") or compat.is_autocast_enabled(_sync._target_name())
 
 
 def make_graphed_callables(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
