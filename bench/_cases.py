@@ -363,7 +363,9 @@ class _Loop:
             self.model = model.to(native_amp["device"] if native_amp else "cpu")
             self.device = torch.device("cpu")
             cast, scaler_on = native_amp["cast"], native_amp["scaler"]
-            self.scaler = torch.amp.GradScaler(native_amp["device"]) if (amp and scaler_on) else None
+            # torch < 2.3 has no scaler for the CPU (torch.amp.GradScaler): the native loop runs without.
+            native_scaler = getattr(torch.amp, "GradScaler", None)
+            self.scaler = native_scaler(native_amp["device"]) if (amp and scaler_on and native_scaler) else None
             self.autocast = (lambda: torch.autocast(**cast)) if (amp and cast) else None
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
 

@@ -25,6 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import torchdevice
+from torchdevice.ops.device import cpu
 
 GiB = 2 ** 30
 
@@ -37,6 +38,9 @@ class FakeMPS:
         self.allocated = 1 * GiB
         self.driver = 2 * GiB
         self.recommended = recommended
+        # What the target reports as the device's memory: Metal's recommended working set,
+        # or (torch 2.2, which cannot ask Metal) the machine's RAM.
+        self.total = recommended if hasattr(torch.mps, "recommended_max_memory") else cpu.total_memory()
         self.macos14 = macos14
         self.generator = torch.Generator()
         self.generator.manual_seed(67280421310721)  # torch's default seed
@@ -44,12 +48,16 @@ class FakeMPS:
         mps = torch.mps
         backends = torch.backends.mps
         monkeypatch.setattr(backends, "is_available", lambda: True)
-        monkeypatch.setattr(backends, "is_macos_or_newer", lambda major, minor: self.macos14 or major < 14)
+        if hasattr(backends, "is_macos_or_newer"):  # torch >= 2.3; torch 2.2 can only ask about macOS 13
+            monkeypatch.setattr(backends, "is_macos_or_newer", lambda major, minor: self.macos14 or major < 14)
+        else:
+            monkeypatch.setattr(backends, "is_macos13_or_newer", lambda minor=0: True)
         monkeypatch.setattr(backends, "get_name", lambda: name, raising=False)
         monkeypatch.setattr(backends, "get_core_count", lambda: cores, raising=False)
         monkeypatch.setattr(mps, "current_allocated_memory", lambda: self.allocated)
         monkeypatch.setattr(mps, "driver_allocated_memory", lambda: self.driver)
-        monkeypatch.setattr(mps, "recommended_max_memory", lambda: self.recommended)
+        if hasattr(mps, "recommended_max_memory"):  # torch >= 2.3
+            monkeypatch.setattr(mps, "recommended_max_memory", lambda: self.recommended)
         monkeypatch.setattr(mps, "empty_cache", self._empty_cache)
         monkeypatch.setattr(mps, "set_per_process_memory_fraction",
                             lambda fraction: self.calls.append(("set_per_process_memory_fraction", fraction)))

@@ -149,7 +149,7 @@ def make_function(fwd_decorator, bwd_decorator, seen):
 
 
 _HAS_AMP_CUSTOM_FWD = hasattr(torch.amp, "custom_fwd")
-_NO_AMP_CUSTOM_FWD = "torch.amp.custom_fwd/custom_bwd(device_type=...) arrived in torch 2.4"
+_NO_AMP_CUSTOM_FWD = f"torch.amp.custom_fwd not in torch {torch.__version__}"
 
 
 def cuda_custom_fwd_bwd():
@@ -197,8 +197,22 @@ def test_custom_bwd_replays_forward_autocast(patched):
 
 
 # -- GradScaler ------------------------------------------------------------------------------------
+_HAS_AMP_SCALER = hasattr(torch.amp, "GradScaler")
+_NO_AMP_SCALER = f"torch.amp.GradScaler not in torch {torch.__version__}"
+
+
+def cuda_scaler(**kwargs):
+    """A GradScaler for "cuda" in this torch's newest spelling."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp.GradScaler is deprecated from 2.4
+        if _HAS_AMP_SCALER:
+            return torch.amp.GradScaler("cuda", **kwargs)
+        return torch.cuda.amp.GradScaler(**kwargs)
+
+
 @pytest.mark.parametrize("make", [
-    lambda **kw: torch.amp.GradScaler("cuda", **kw),
+    pytest.param(lambda **kw: torch.amp.GradScaler("cuda", **kw),
+                 marks=pytest.mark.skipif(not _HAS_AMP_SCALER, reason=_NO_AMP_SCALER)),
     lambda **kw: torch.cuda.amp.GradScaler(**kw),
 ], ids=["torch.amp.GradScaler", "torch.cuda.amp.GradScaler"])
 def test_grad_scaler_scales_unscales_and_skips_inf_steps(patched, make):
@@ -256,7 +270,7 @@ def test_grad_scaler_scales_unscales_and_skips_inf_steps(patched, make):
 
     state = scaler.state_dict()
     assert state["scale"] == 512.0 and state["_growth_tracker"] == 0 and state["growth_interval"] == 2
-    other = torch.amp.GradScaler("cuda")
+    other = cuda_scaler()
     other.load_state_dict(state)
     assert other.get_scale() == 512.0 and other.get_growth_interval() == 2 and other.get_backoff_factor() == 0.5
     assert loss.item() > 0
@@ -265,7 +279,7 @@ def test_grad_scaler_scales_unscales_and_skips_inf_steps(patched, make):
 def test_grad_scaler_with_fused_optimizer_skips_inf(patched):
     model = nn.Linear(4, 1).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    scaler = torch.amp.GradScaler("cuda", init_scale=64.0)
+    scaler = cuda_scaler(init_scale=64.0)
     with torch.autocast("cuda"):
         loss = model(torch.ones(2, 4, device="cuda")).float().sum()
     scaler.scale(loss).backward()
@@ -280,7 +294,7 @@ def test_amp_training_loop_learns(patched):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1)).cuda()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler("cuda")
+    scaler = cuda_scaler()
     x = torch.randn(64, 4, device="cuda")
     y = x.sum(dim=1, keepdim=True)
     losses = []
@@ -296,6 +310,13 @@ def test_amp_training_loop_learns(patched):
 
 
 # -- GradScaler kernels where the target has none ----------------------------------------------
+needs_cpu_scaler_kernels = pytest.mark.skipif(
+    not amp._scaler_kernels_work(torch.device("cpu")),
+    reason="compares with torch's CPU kernels for _amp_foreach_non_finite_check_and_unscale_ and "
+           f"_amp_update_scale_, which torch {torch.__version__} lacks")
+
+
+@needs_cpu_scaler_kernels
 def test_python_unscale_matches_torch_kernel():
     torch.manual_seed(1)
     for poison in (None, float("inf"), float("nan")):
@@ -312,6 +333,7 @@ def test_python_unscale_matches_torch_kernel():
             assert torch.equal(ref.nan_to_num(), got.nan_to_num())
 
 
+@needs_cpu_scaler_kernels
 def test_python_update_scale_matches_torch_kernel():
     torch.manual_seed(2)
     flags = (torch.rand(40) < 0.3).float()
@@ -339,7 +361,7 @@ def test_scaler_fallback_kernels_used_when_target_has_none(unpatched, monkeypatc
         "torch", "_amp_update_scale_")
     model = nn.Linear(2, 1).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cuda", init_scale=8.0, growth_interval=1)
+    scaler = cuda_scaler(init_scale=8.0, growth_interval=1)
     scaler.scale(model(torch.ones(1, 2, device="cuda")).sum()).backward()
     model.weight.grad[0, 0] = float("inf")
     before = model.weight.detach().clone()
@@ -356,6 +378,7 @@ def test_scaler_fallback_kernels_used_when_target_has_none(unpatched, monkeypatc
     assert not hasattr(torch._amp_update_scale_, "__wrapped__")
 
 
+@pytest.mark.skipif(not _HAS_AMP_SCALER, reason=_NO_AMP_SCALER + " (the replacement is the scale in use there)")
 def test_scale_without_cuda_check_matches_torch(patched):
     scaler = torch.amp.GradScaler("cuda", init_scale=4.0)
     replacement = amp._scale_any_device(torch.amp.GradScaler.scale)
@@ -373,6 +396,9 @@ def test_scale_without_cuda_check_matches_torch(patched):
 
 
 def test_legacy_scaler_probe(monkeypatch):
+    if not _HAS_AMP_SCALER:  # the real thing: this torch's scaler takes CUDA tensors only
+        assert amp._legacy_scaler_scales(torch.device("cpu")) is False
+        return
     class CudaOnly(torch.amp.GradScaler):  # how torch <= 2.2 behaved: no device argument, CUDA only
         def __init__(self, init_scale=2.0 ** 16, enabled=True):
             super().__init__("cpu", init_scale=init_scale, enabled=enabled)

@@ -30,8 +30,16 @@ def test_classes_come_from_the_applied_records(patched):
     assert rows["synchronize"]["kind"] == "no-op" and rows["current_blas_handle"]["kind"] == "unsupported"
 
 
+def doc_torch_version():
+    """The torch release docs/cuda-coverage.md was generated from."""
+    return re.search(r"Generated from torch (\S+) ", DOC.read_text()).group(1)
+
+
 def test_unchanged_table_is_small_and_not_patched(patched):
-    assert set(coverage.UNCHANGED) <= set(torch.cuda.__all__)
+    if torch.__version__.split("+")[0] == doc_torch_version():
+        # No stale entries. (The table serves every supported release: older ones lack some
+        # names, and some names left __all__ later while staying attributes.)
+        assert all(hasattr(torch.cuda, name) for name in coverage.UNCHANGED)
     assert len(coverage.UNCHANGED) <= 20
     patched_names = {a.record.name for _, a in REGISTRY.applied_records() if a.record.owner == "torch.cuda"}
     assert not set(coverage.UNCHANGED) & patched_names, "a patched name must not also be listed as unchanged"
@@ -65,7 +73,7 @@ def test_rejects_unknown_device():
 
 def test_generated_doc_is_current(unpatched):
     text = DOC.read_text()
-    version = re.search(r"Generated from torch (\S+) ", text).group(1)
+    version = doc_torch_version()
     if version != torch.__version__.split("+")[0]:
         pytest.skip(f"docs/cuda-coverage.md was generated from torch {version}")
     assert coverage.render_markdown() == text, \

@@ -9,6 +9,7 @@ import torch
 
 import torchdevice
 from conftest import clean_env, run_python
+from torch_features import needs
 from torchdevice.ops.device.errors import TargetUnsupportedError
 from torchdevice.ops.memory import stats as memory_stats
 
@@ -143,6 +144,7 @@ def test_empty_cache_returns_freed_heap(patched):
     del keep
 
 
+@needs("torch.cuda.get_per_process_memory_fraction")
 def test_memory_fraction(patched):
     assert torch.cuda.get_per_process_memory_fraction() == 1.0
     torch.cuda.set_per_process_memory_fraction(0.5)
@@ -165,6 +167,7 @@ def test_summary_snapshot_and_processes(patched, tmp_path):
     assert pickle.loads(path.read_bytes()) == {"segments": [], "device_traces": [[]]}
 
 
+@needs("torch.cuda.host_memory_stats")
 def test_host_memory_stats_are_zero(patched):
     stats = torch.cuda.host_memory_stats()
     assert stats["allocated_bytes.current"] == 0 and stats["num_host_alloc"] == 0
@@ -174,6 +177,7 @@ def test_host_memory_stats_are_zero(patched):
     assert torch.cuda.reset_accumulated_memory_stats() is None
 
 
+@needs("torch.cuda.caching_allocator_enable")
 def test_caching_allocator_blocks(patched):
     pointer = torch.cuda.caching_allocator_alloc(1 << 20)
     assert isinstance(pointer, int) and pointer != 0
@@ -190,6 +194,7 @@ def test_caching_allocator_blocks(patched):
     assert torch.cuda.get_allocator_backend() == "native"
 
 
+@needs("torch.cuda.MemPool")
 def test_mem_pool(patched):
     pool = torch.cuda.MemPool()
     other = torch.cuda.MemPool()

@@ -101,17 +101,26 @@ def test_float64_policy_applies_to_device_objects_from_cuda_specs():
         assert torch.randn(2, dtype=torch.float64).to(torch.device("mps")).dtype == torch.float64
 
 
+def default_device():
+    """torch.get_default_device(), or on torch 2.2 (which lacks it) the device set_default_device set."""
+    get = getattr(torch, "get_default_device", None)
+    if get is not None:
+        return get()
+    context = torch._GLOBAL_DEVICE_CONTEXT
+    return torch._C.device("cpu") if context is None else torch._C.device(context.device)
+
+
 def test_set_default_tensor_type_cuda_on_mps():
     with mps_session(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's own deprecation warning
         try:
             torch.set_default_tensor_type("torch.cuda.FloatTensor")
-            assert torch.get_default_device() == torch._C.device("mps", 0)
+            assert default_device() == torch._C.device("mps", 0)
             assert torch.get_default_dtype() == torch.float32
             torch.set_default_tensor_type("torch.cuda.DoubleTensor")  # no float64 on MPS: downcast
             assert torch.get_default_dtype() == torch.float32
             torch.set_default_tensor_type("torch.FloatTensor")
-            assert torch.get_default_device() == torch._C.device("cpu")
+            assert default_device() == torch._C.device("cpu")
         finally:
             torch.set_default_device(None)
             torch.set_default_dtype(torch.float32)
@@ -123,7 +132,7 @@ def test_set_default_tensor_type_double_with_cpu_policy():
         try:
             torch.set_default_tensor_type("torch.cuda.DoubleTensor")
             assert torch.get_default_dtype() == torch.float64
-            assert torch.get_default_device() == torch._C.device("cpu")
+            assert default_device() == torch._C.device("cpu")
         finally:
             torch.set_default_device(None)
             torch.set_default_dtype(torch.float32)

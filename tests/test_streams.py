@@ -8,6 +8,7 @@ import torch
 
 import torchdevice
 from conftest import clean_env, run_python
+from torch_features import needs
 
 SLEEP_MS = 50.0
 
@@ -75,7 +76,8 @@ def test_ipc_is_a_clear_error(patched, call, api):
 @pytest.mark.parametrize("call, api", [
     (lambda: torch.cuda.ExternalStream(0x1234), "torch.cuda.ExternalStream"),
     (lambda: torch.cuda.streams.ExternalStream(0x1234, device=0), "torch.cuda.ExternalStream"),
-    (lambda: torch.cuda.get_stream_from_external(0x1234), "torch.cuda.get_stream_from_external"),
+    pytest.param(lambda: torch.cuda.get_stream_from_external(0x1234), "torch.cuda.get_stream_from_external",
+                 marks=needs("torch.cuda.get_stream_from_external")),
     (lambda: torch.cuda.Stream().cuda_stream, "torch.cuda.Stream.cuda_stream"),
     (lambda: torch.cuda.Event().cuda_event, "torch.cuda.Event.cuda_event"),
 ])
@@ -159,6 +161,10 @@ def test_record_stream_is_accepted(patched):
     assert x.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+needs_generic_event = needs("torch.Event")
+
+
+@needs_generic_event
 def test_isinstance_checks(patched):
     s, e = torch.cuda.Stream(), torch.cuda.Event()
     assert isinstance(s, torch.cuda.Stream) and isinstance(s, torch.cuda.streams.Stream)
@@ -168,6 +174,7 @@ def test_isinstance_checks(patched):
     assert not isinstance(e, torch.Stream) and not isinstance(s, torch.Event)
 
 
+@needs_generic_event
 def test_generic_stream_and_event_api(patched):
     s = torch.Stream(device="cuda")
     assert isinstance(s, torch.cuda.Stream)
@@ -185,6 +192,7 @@ def test_generic_stream_and_event_api(patched):
     assert type(real) is torch._C.Stream and isinstance(real, torch.Stream)
 
 
+@needs_generic_event
 def test_unpatch_restores_stream_names(unpatched):
     names = ("Stream", "Event", "current_stream", "stream", "CUDAGraph", "is_current_stream_capturing")
     originals = {name: getattr(torch.cuda, name) for name in names}

@@ -53,6 +53,8 @@ UNCHANGED = {
     "has_magma": "torch's build flag for MAGMA; code that checks it takes its non-MAGMA path, "
                  "and torch.linalg runs on the target",
     "cudaStatus": "constants (SUCCESS=0, ERROR_NOT_READY=34) that check_error and cudart() agree with",
+    "OutOfMemoryError": "exception class (torch < 2.4 lists it here; later it is torch.OutOfMemoryError); "
+                        "kept, so `except torch.cuda.OutOfMemoryError` stays valid",
     "DeferredCudaCallError": "exception class; raised only by CUDA's lazy initialisation, which never runs",
     "get_arch_list": "the CUDA architectures compiled into this torch binary ([] for CPU wheels): "
                      "true of the build whatever the target",
@@ -115,7 +117,7 @@ def _declared_here(device_type):
                 raise RuntimeError(f"area {area!r} could not declare its records for a {device_type} target: "
                                    f"{type(exc).__name__}: {exc}") from exc
             for record in declared:
-                if record.key is None:
+                if record.key is None and _patch.would_apply(record):
                     found[(record.owner, record.name)] = (record.kind, record.note)
     finally:
         _device._target = saved

@@ -2,6 +2,7 @@
 
 Writes OUT_DIR/rank<R>.json with observed values; the test compares them.
 """
+import inspect
 import json
 import os
 import sys
@@ -111,7 +112,10 @@ def device_mesh(out):
 
 def main(out_dir):
     local_rank = int(os.environ["LOCAL_RANK"])
-    dist.init_process_group(backend="cuda:nccl,cpu:gloo", device_id=torch.device("cuda", local_rank))
+    # device_id= binds the process group to this rank's GPU (torch >= 2.3 takes it).
+    takes_device_id = "device_id" in inspect.signature(dist.init_process_group).parameters
+    dist.init_process_group(backend="cuda:nccl,cpu:gloo",
+                            **({"device_id": torch.device("cuda", local_rank)} if takes_device_id else {}))
     torch.cuda.set_device(local_rank)
     rank, world = dist.get_rank(), dist.get_world_size()
     out = {"rank": rank}

@@ -13,10 +13,30 @@ functions per device kind: ``*_autocast_cpu_*`` for "cpu", the argument-less
 ``*_autocast_gpu_dtype`` for "cuda", and no autocast state for other device
 types (on those releases "mps" has no autocast; its state reads as off and
 setting it changes nothing, which is what such a torch does).
+
+Stream and event base classes. torch 2.2 to 2.4 have abstract bases
+``torch._streambase._StreamBase``/``_EventBase`` and torch.compile's device
+registry (``torch._dynamo.device_interface``) asserts that ``torch.cuda.Stream``
+and ``torch.cuda.Event`` derive from them; later releases dropped that check.
+``register_stream_classes`` registers torchdevice's classes as virtual
+subclasses where the bases exist.
+
+Dispatching below autograd. ``torch._C._AutoDispatchBelowADInplaceOrView``
+(run ops without autograd and without the in-place/view bookkeeping) arrived
+after torch 2.2; there the same state is ``_AutoDispatchBelowAutograd`` plus
+excluding the ADInplaceOrView key (``below_ad_inplace_or_view``).
+
+macOS version on MPS. ``torch.backends.mps.is_macos_or_newer(major, minor)``
+arrived in torch 2.3; torch 2.2 can only ask about macOS 13
+(``is_macos13_or_newer``), and its MPS backend has no bfloat16.
 """
+import contextlib
+import sys
+
 import torch
 
-__all__ = ["get_autocast_dtype", "is_autocast_enabled", "set_autocast_dtype", "set_autocast_enabled"]
+__all__ = ["below_ad_inplace_or_view", "get_autocast_dtype", "is_autocast_enabled", "mps_macos_at_least", "register_stream_classes",
+           "set_autocast_dtype", "set_autocast_enabled"]
 
 DEVICE_GENERIC_AUTOCAST = hasattr(torch, "get_autocast_dtype")
 
@@ -55,3 +75,39 @@ else:
         functions = _LEGACY.get(device_type)
         if functions is not None:
             functions[3](dtype)
+
+
+def register_stream_classes(stream_class, event_class):
+    """Make ``stream_class``/``event_class`` count as torch's stream/event bases where this torch has them."""
+    bases = sys.modules.get("torch._streambase")
+    if bases is None:
+        return
+    if hasattr(bases, "_StreamBase"):
+        bases._StreamBase.register(stream_class)
+    if hasattr(bases, "_EventBase"):
+        bases._EventBase.register(event_class)
+
+
+def mps_macos_at_least(major, minor=0):
+    """Whether the MPS host runs macOS ``major.minor`` or newer, as far as this torch can tell."""
+    backends = torch.backends.mps
+    ask = getattr(backends, "is_macos_or_newer", None)
+    if ask is not None:
+        return bool(ask(major, minor))
+    if major == 13 and hasattr(backends, "is_macos13_or_newer"):
+        return bool(backends.is_macos13_or_newer(minor))
+    return False  # this torch cannot ask, and has no MPS feature that needs a newer macOS
+
+
+if hasattr(torch._C, "_AutoDispatchBelowADInplaceOrView"):
+    def below_ad_inplace_or_view():
+        """A guard that runs ops below autograd and the ADInplaceOrView key."""
+        return torch._C._AutoDispatchBelowADInplaceOrView()
+else:
+    _AD_INPLACE_OR_VIEW = torch._C.DispatchKeySet(torch._C.DispatchKey.ADInplaceOrView)
+
+    @contextlib.contextmanager
+    def below_ad_inplace_or_view():
+        """A guard that runs ops below autograd and the ADInplaceOrView key."""
+        with torch._C._AutoDispatchBelowAutograd(), torch._C._ExcludeDispatchKeyGuard(_AD_INPLACE_OR_VIEW):
+            yield

@@ -186,6 +186,19 @@ def _module_exists(name: str) -> bool:
     return PathFinder.find_spec(name, search) is not None
 
 
+def would_apply(record: "Patch") -> bool:
+    """Whether ``record`` has a target in this torch (applied now, or deferred until its module loads)."""
+    try:
+        owner = resolve(record.owner)
+    except _NotYetImported:
+        return True
+    except _Absent:
+        return False
+    if record.key is not None or record.create:
+        return True
+    return hasattr(owner, record.name)
+
+
 def _raw(owner: Any, name: str) -> Any:
     """The object ``owner`` itself stores under ``name`` (not inherited), or MISSING."""
     try:

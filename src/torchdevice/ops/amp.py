@@ -24,8 +24,10 @@ switches the target's autocast off inside the region, as on a GPU.
 GradScaler. ``torch.amp.GradScaler("cuda")`` and ``torch.cuda.amp.GradScaler()``
 become torch's scaler for the target device type. Where this torch has only
 the older device-less ``torch.cuda.amp.GradScaler`` and its ``scale()`` accepts
-CUDA tensors only (probed), ``scale()`` is replaced by the same arithmetic
-without that check. If this torch has no
+CUDA tensors only (probed, torch 2.2), ``scale()`` is replaced by the same
+arithmetic without that check, and so is the constructor of the helper that
+serves the scale and the inf flag to ``unscale_()``/``step()``
+(``_MultiDeviceReplicator``). If this torch has no
 target kernel for ``_amp_foreach_non_finite_check_and_unscale_`` or
 ``_amp_update_scale_`` (probed once, on the target), those two functions get a
 Python implementation for target tensors, so unscaling, inf/nan step skipping
@@ -35,7 +37,9 @@ False: mixed precision is available on the target.
 ``custom_fwd``/``custom_bwd`` with ``device_type="cuda"`` (and the
 ``torch.cuda.amp`` versions) work unchanged through the autocast class above;
 their input cast (``cast_inputs=``) goes through ``autocast_mode._cast``,
-which is told that "cuda" tensors are the target's tensors.
+which is told that "cuda" tensors are the target's tensors (torch 2.2 has only
+``torch.cuda.amp``'s own ``_cast``, which casts ``is_cuda`` tensors: it is
+replaced by one that casts the target's).
 """
 import functools
 import inspect
@@ -165,6 +169,27 @@ def _legacy_cast(target_type):
     return make
 
 
+def _tensor_cast(target_type):
+    """torch.cuda.amp's own 2-argument ``_cast`` where torch.amp has none (torch < 2.4).
+
+    That version casts only ``value.is_cuda`` tensors and recurses through the
+    module-level name for containers; this replacement casts the target's
+    floating-point tensors (float64 excepted, as there) and hands everything
+    else to the original, whose recursion comes back here.
+    """
+    def make(original):
+        float64 = torch.float64
+
+        def _cast(value, dtype):
+            if isinstance(value, torch.Tensor):
+                eligible = (value.is_floating_point() and value.device.type == target_type
+                            and value.dtype is not float64)
+                return value.to(dtype) if eligible else value
+            return original(value, dtype)
+        return functools.wraps(original)(_cast)
+    return make
+
+
 def _available(original):
     def amp_definitely_not_available():
         return False  # mixed precision runs on the torchdevice target
@@ -200,6 +225,14 @@ def _scale_any_device(original):
             raise ValueError("outputs must be a Tensor or an iterable of Tensors")
         return apply(outputs)
     return functools.wraps(original)(scale)
+
+
+def _replicator_init(original):
+    """_MultiDeviceReplicator.__init__ without the CUDA-only assertion of older torch (same state)."""
+    def __init__(self, master_tensor):
+        self.master = master_tensor
+        self._per_device_tensors = {}
+    return functools.wraps(original)(__init__)
 
 
 def _legacy_scaler_scales(device):
@@ -300,13 +333,21 @@ def records():
     ]
     if hasattr(torch.amp.autocast_mode, "_cast"):
         out.append(Patch("torch.cuda.amp.autocast_mode", "_cast", _legacy_cast(target_type)))
+    else:
+        out.append(Patch("torch.cuda.amp.autocast_mode", "_cast", _tensor_cast(target_type),
+                         note="custom_fwd casts the target's tensors"))
     scaler = getattr(getattr(torch.amp, "grad_scaler", None), "GradScaler", None)
     if scaler is not None and _takes_device(scaler):
         out.append(Patch("torch.amp.grad_scaler.GradScaler", "__init__", _scaler_init(target_type),
                          note="GradScaler('cuda') is the target's scaler"))
     elif not _legacy_scaler_scales(target.device):
-        out.append(Patch("torch.cuda.amp.grad_scaler.GradScaler", "scale", _scale_any_device, kind=EMULATED,
-                         note="scales target tensors (this torch's scaler accepts CUDA tensors only)"))
+        out += [
+            Patch("torch.cuda.amp.grad_scaler.GradScaler", "scale", _scale_any_device, kind=EMULATED,
+                  note="scales target tensors (this torch's scaler accepts CUDA tensors only)"),
+            # unscale_/step hand the scale and the inf flag around through this helper.
+            Patch("torch.cuda.amp.grad_scaler._MultiDeviceReplicator", "__init__", _replicator_init,
+                  kind=EMULATED, note="serves target tensors (this torch's accepts CUDA tensors only)"),
+        ]
     if not _scaler_kernels_work(target.device):
         out += [
             Patch("torch", "_amp_foreach_non_finite_check_and_unscale_",

@@ -219,12 +219,16 @@ def native_bf16() -> bool:
     import torch
 
     cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(cpu, probe, None)
-        if check is not None and check():
+    checks = [getattr(cpu, probe, None) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [check for check in checks if check is not None]
+    if checks:  # torch asks the CPU and the OS itself
+        if any(check() for check in checks):
             return True
-    flags = _cpuinfo_fields().get("Features", "").split()  # Arm
-    return "bf16" in flags
+    else:  # torch < 2.3 has no probes: the kernel's CPU flags (x86)
+        x86 = _cpuinfo_fields().get("flags", "").split()
+        if "avx512_bf16" in x86 or "amx_bf16" in x86:
+            return True
+    return "bf16" in _cpuinfo_fields().get("Features", "").split()  # Arm
 
 
 # -- process memory ---------------------------------------------------------------

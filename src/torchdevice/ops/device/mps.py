@@ -10,16 +10,19 @@ functions is seen), with a fallback where an older torch lacks the call.
 * ``core_count()``: ``torch.backends.mps.get_core_count()`` (GPU cores), else 1.
 * ``total_memory()``: ``torch.mps.recommended_max_memory()``, the working set
   Metal recommends for this process (what CUDA code should treat as the
-  device's memory).
+  device's memory); with torch 2.2, which cannot ask Metal, the machine's RAM
+  (Apple silicon GPUs share it).
 * ``allocated()`` / ``driver_allocated()``: ``torch.mps.current_allocated_memory()``
   (bytes held by tensors) / ``torch.mps.driver_allocated_memory()`` (bytes the
   Metal driver holds for this process, cached blocks included).
-* ``bf16()``: bfloat16 needs macOS 14 (``torch.backends.mps.is_macos_or_newer(14, 0)``).
+* ``bf16()``: bfloat16 needs macOS 14 (``core.compat.mps_macos_at_least(14, 0)``).
 """
 import functools
 import sys
 
 import torch
+
+from ...core import compat
 
 # Apple GPU facts that torch does not expose but Metal documents for every Apple silicon GPU.
 SIMD_WIDTH = 32                 # threads per SIMD-group (the analogue of a CUDA warp)
@@ -60,7 +63,12 @@ def core_count() -> int:
 
 
 def total_memory() -> int:
-    return int(torch.mps.recommended_max_memory())
+    recommended = getattr(torch.mps, "recommended_max_memory", None)  # torch >= 2.3
+    if recommended is not None:
+        return int(recommended())
+    from . import cpu
+
+    return cpu.total_memory()  # unified memory: the GPU's share of RAM is all of it
 
 
 def allocated() -> int:
@@ -78,7 +86,7 @@ def memory_info():
 
 
 def bf16() -> bool:
-    return bool(torch.backends.mps.is_macos_or_newer(14, 0))
+    return compat.mps_macos_at_least(14, 0)
 
 
 def synchronize() -> None:

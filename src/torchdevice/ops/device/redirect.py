@@ -244,6 +244,8 @@ def _dataloader_init(original):
         original(self, *args, **kwargs)
         if self.pin_memory:
             self.pin_memory = False
+            if getattr(self, "pin_memory_device", ""):
+                self.pin_memory_device = ""  # older torch warns about a device without pin_memory
     return functools.wraps(original)(__init__)
 
 

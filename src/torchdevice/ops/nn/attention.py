@@ -15,8 +15,10 @@ tiny attention on the target with each backend alone (a feature probe, not a
 version table). ``sdpa_kernel`` is covered through the helper
 ``torch.nn.attention._sdpa_kernel`` that it (and torch.compile's handling of
 it, and ``torch.backends.cuda.sdp_kernel``) calls; the ``enable_*_sdp``
-switches are checked after each call.
+switches are checked after each call. torch 2.2 has no ``torch.nn.attention``
+(so no ``sdpa_kernel``); its ``enable_*_sdp`` switches are covered the same way.
 """
+import collections
 import functools
 
 import torch
@@ -26,17 +28,23 @@ from ...core.logger import warn_once
 from ...core.patch import Patch
 
 _available = {}  # device type -> tuple of SDPBackend that run there, measured on first need
+# Where torch has no torch.nn.attention (2.2): flag name -> backend name, and a stand-in for SDPBackend.
+_OLD_BACKEND_NAMES = {"flash": "FLASH_ATTENTION", "mem_efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+_Backend = collections.namedtuple("_Backend", "name")
 
 
 def _flag_functions():
     """SDPBackend -> (setter, getter) for every backend flag this torch has."""
-    from torch.nn.attention import SDPBackend, _backend_names
+    try:
+        from torch.nn.attention import SDPBackend, _backend_names
+    except ImportError:
+        SDPBackend, _backend_names = None, _OLD_BACKEND_NAMES
 
     table = {}
     for name, member in _backend_names.items():
         setter = getattr(torch._C, f"_set_sdp_use_{name}", None)
         getter = getattr(torch._C, f"_get_{name}_sdp_enabled", None)
-        backend = getattr(SDPBackend, member, None)
+        backend = _Backend(member) if SDPBackend is None else getattr(SDPBackend, member, None)
         if setter is not None and getter is not None and backend is not None:
             table[backend] = (setter, getter)
     return table

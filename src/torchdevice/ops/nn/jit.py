@@ -16,9 +16,15 @@
 * ``torch.jit.trace`` records what the patched Python code did, which is
   already on the target; nothing to do.
 
-torch.compile needs no patch here: dynamo folds ``torch.device("cuda")`` through
-the device stand-in, and ``torch.cuda.is_available()`` answers for the code
-being compiled (core/device.py ``caller_sees_truth``).
+torch.compile: dynamo folds ``torch.device("cuda")`` through the device
+stand-in, and ``torch.cuda.is_available()`` answers for the code being compiled
+(core/device.py ``caller_sees_truth``). Dynamo keeps a table of torch functions
+it folds to constants at trace time (``constant_fold_functions``), filled with
+the function objects present when dynamo is imported. When dynamo was imported
+before torchdevice activated, the table names the originals; each torchdevice
+replacement of a listed function is added to it, so it folds as the original
+did (otherwise torch 2.2 puts ``torch.cuda.is_available()`` in the graph and
+fails on its bool result).
 """
 import functools
 
@@ -113,6 +119,20 @@ def _builtin_aliases():
     return out
 
 
+_CONSTANT_FOLD = "torch._dynamo.variables.torch"
+
+
+def _constant_fold(original):
+    """dynamo's constant-fold table (a list, or a dict of keys) plus the replacements of its functions."""
+    listed = set(map(id, original))
+    extra = [applied.replacement for _, applied in REGISTRY.applied_records()
+             if applied.record.key is None and id(applied.original) in listed
+             and id(applied.replacement) not in listed]
+    if isinstance(original, dict):
+        return {**original, **dict.fromkeys(extra)}
+    return type(original)(list(original) + extra)
+
+
 def _signature_matches(function, names):
     import inspect
 
@@ -125,6 +145,8 @@ def _signature_matches(function, names):
 def records():
     target = _device.current()
     out = _builtin_aliases()
+    out.append(Patch(_CONSTANT_FOLD, "constant_fold_functions", _constant_fold,
+                     note="torch.compile folds torchdevice's replacements as it folds the originals"))
     if _signature_matches(torch.jit.script, ("obj", "optimize", "_frames_up", "_rcb", "example_inputs")):
         out.append(Patch("torch.jit", "script", _script(target), kind=REDIRECTED,
                          note="CUDA device constants and .cuda() in scripted graphs run on the target"))

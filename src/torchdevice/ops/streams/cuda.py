@@ -31,6 +31,7 @@ import functools
 import itertools
 import threading
 
+from ...core import compat
 from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, UNSUPPORTED, Patch
 from . import graphs as _graphs
@@ -307,6 +308,7 @@ def records():
     else:
         stream_class, event_class = Stream, Event
         sync_note = "host clock; CPU work is complete when issued"
+    compat.register_stream_classes(stream_class, event_class)
     _active["stream_class"] = stream_class
     _active["defaults"] = {}
     _active["generation"] += 1

@@ -220,7 +220,7 @@ class CUDAGraph:
         steps = self._steps
         if steps is None or self._recording is not None:
             raise _capture_error("torch.cuda.CUDAGraph.replay", "the graph has no finished capture to replay")
-        with torch._C._AutoDispatchBelowADInplaceOrView(), torch._C._ExcludeDispatchKeyGuard(_AUTOCAST):
+        with compat.below_ad_inplace_or_view(), torch._C._ExcludeDispatchKeyGuard(_AUTOCAST):
             for func, args, kwargs, fresh in steps:
                 out = func(*args, **kwargs)
                 if fresh:
