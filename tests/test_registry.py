@@ -252,6 +252,33 @@ def test_deferred_record_applies_when_module_is_imported(late_package):
     assert td_pkg.late.f() == "original"
 
 
+def test_lazy_package_getattr_does_not_import(late_package, tmp_path):
+    """A package whose __getattr__ imports submodules (as torch does for torch._dynamo): nothing is imported,
+    and a record two levels down applies once both levels are imported."""
+    (tmp_path / "td_pkg" / "__init__.py").write_text(
+        "import importlib\n"
+        "def __getattr__(name):\n"
+        "    return importlib.import_module('td_pkg.' + name)\n")
+    (tmp_path / "td_pkg" / "late").mkdir()
+    (tmp_path / "td_pkg" / "late.py").unlink()
+    (tmp_path / "td_pkg" / "late" / "__init__.py").write_text("")
+    (tmp_path / "td_pkg" / "late" / "deeper.py").write_text("def f():\n    return 'original'\n")
+    import importlib
+
+    importlib.reload(late_package)
+    reg = Registry()
+    state = reg.apply_area("a", [Patch("td_pkg.late.deeper", "f", wrap("patched"))])
+    assert state.deferred == [("td_pkg.late.deeper.f", "applies when td_pkg.late is imported")]
+    assert "td_pkg.late" not in sys.modules, "the package's __getattr__ was not used to resolve the owner"
+    import td_pkg.late.deeper
+
+    assert td_pkg.late.deeper.f() == "patched"
+    reg.unpatch()
+    assert td_pkg.late.deeper.f() == "original"
+    for name in ("td_pkg.late.deeper", "td_pkg.late"):
+        sys.modules.pop(name, None)
+
+
 def test_unpatch_cancels_deferred_records(late_package):
     from torchdevice import _autoload
 

@@ -284,6 +284,16 @@ def test_json_report_schema(tmp_path):
                    for name in os.listdir(tmp_path))
 
 
+def test_torch_keeps_seeing_the_truth_through_recorders(recording):
+    """torch's own modules get real answers from a recorded replacement, as without the report
+    (a CPU build's torch._dynamo imports CUDA-only symbols when torch.cuda._is_compiled() says True)."""
+    namespace = {"__name__": "torch._dynamo.device_interface", "torch": torch}
+    exec("def ask():\n    return torch.cuda._is_compiled()\n", namespace)
+    assert hasattr(torch.cuda._is_compiled, "_torchdevice_recorder"), "the call goes through a recorder"
+    assert namespace["ask"]() is torch.backends.cuda.is_built(), "torch's module sees the build's truth"
+    assert torch.cuda._is_compiled() is True, "user code sees the masquerade"
+
+
 DATALOADER = """
 import sys, torch
 from torch.utils.data import DataLoader, Dataset

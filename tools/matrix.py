@@ -4,12 +4,15 @@
     python3 tools/matrix.py -e torch22,torch213  # some envs
     python3 tools/matrix.py --update-docs        # also rewrite the table in docs/compatibility.md
     python3 tools/matrix.py -- -k device         # arguments after -- go to pytest
+    python3 tools/matrix.py -j 2                 # two envs at a time (one installs while one tests)
 
 Each env is built fresh (``tox -r --notest``: install time), tested (``tox -e``:
 test time, JUnit XML), asked which torch it got, and then deleted unless
 ``--keep`` is given: a CUDA build of torch with its nvidia packages takes about
 5 GB, so the whole matrix never needs more than one env on disk. pip's cache is
 the user's usual one (set PIP_CACHE_DIR to move it); tox passes PIP_* through.
+The torchdevice wheel is built once and given to every env (``--installpkg``),
+so that envs running side by side (``-j``) never share a package build.
 
 Results go to .tox/matrix/results.json (one entry per env, updated as each
 finishes) and are printed as the Markdown table docs/compatibility.md holds.
@@ -18,6 +21,7 @@ Exit status: 0 when every env installed and passed, 1 otherwise.
 Needs tox >= 4 (``python3 -m pip install tox``); only the standard library here.
 """
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -90,11 +94,21 @@ def junit_counts(path):
     return counts, skips
 
 
-def run_env(tox, env, env_dir, out_dir, pytest_args, log):
+def build_wheel(out_dir):
+    """The torchdevice wheel every env installs (built once per matrix run)."""
+    dist = out_dir / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
+                   check=True)
+    return next(dist.glob("torchdevice-*.whl"))
+
+
+def run_env(tox, env, env_dir, out_dir, pytest_args, log, wheel):
     """Install, test, probe and describe one env."""
     result = {"env": env}
     junit = out_dir / f"{env}.xml"
     junit.unlink(missing_ok=True)
+    tox = tox + ["--installpkg", str(wheel)]
     start = time.monotonic()
     install = subprocess.run(tox + ["-r", "-e", env, "--notest"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     result["install_s"] = round(time.monotonic() - start)
@@ -157,8 +171,11 @@ def main(argv=None):
     parser.add_argument("-e", "--envs", help="comma list of tox envs (default: the tox label 'matrix')")
     parser.add_argument("--keep", action="store_true", help="keep each env after its run (needs ~5 GB per CUDA env)")
     parser.add_argument("--update-docs", action="store_true", help=f"rewrite the table in {DOC.relative_to(ROOT)}")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="envs run side by side (default 1)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs takes a whole number >= 1, not {args.jobs}")
 
     tox = tox_command()
     selector = ["-e", args.envs] if args.envs else ["-m", LABEL]
@@ -169,33 +186,38 @@ def main(argv=None):
     out_dir = work / "matrix"
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
-    log_path = out_dir / "tox.log"
     date = datetime.date.today().isoformat()
-    results = []
+    wheel = build_wheel(out_dir)
+    order = list(env_dirs)
+    results = {}
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        for env, env_dir in env_dirs.items():
-            if free_gb(work) < MIN_FREE_GB:
-                print(f"{env}: skipped, only {free_gb(work):.0f} GB free (needs {MIN_FREE_GB})", flush=True)
-                results.append({"env": env, "status": "not run: disk full"})
-                continue
-            print(f"{env}: installing and testing ...", flush=True)
-            log.write(f"\n===== {env} =====\n")
-            log.flush()
-            result = run_env(tox, env, env_dir, out_dir, args.pytest_args, log)
-            if not args.keep:
-                shutil.rmtree(env_dir, ignore_errors=True)
-            results.append(result)
-            results_path.write_text(json.dumps({"date": date, "results": results}, indent=1))
-            print("  {status}: torch {torch}, {passed} passed, {failed} failed, {errors} errors, {skipped} skipped "
-                  "(install {install_s}s, tests {test_s}s)".format(**{
-                      "torch": "?", "passed": "-", "failed": "-", "errors": "-", "skipped": "-", "test_s": "-",
-                      **result}), flush=True)
+
+    def one(env):
+        env_dir = env_dirs[env]
+        if free_gb(work) < MIN_FREE_GB * (1 + (args.jobs > 1)):
+            print(f"{env}: skipped, only {free_gb(work):.0f} GB free (needs {MIN_FREE_GB} per env)", flush=True)
+            return {"env": env, "status": "not run: disk full"}
+        print(f"{env}: installing and testing ...", flush=True)
+        with open(out_dir / f"{env}.log", "w") as log:  # one log per env: envs may run side by side
+            result = run_env(tox, env, env_dir, out_dir, args.pytest_args, log, wheel)
+        if not args.keep:
+            shutil.rmtree(env_dir, ignore_errors=True)
+        print("{env}: {status}: torch {torch}, {passed} passed, {failed} failed, {errors} errors, {skipped} skipped "
+              "(install {install_s}s, tests {test_s}s)".format(**{
+                  "torch": "?", "passed": "-", "failed": "-", "errors": "-", "skipped": "-", "test_s": "-",
+                  **result}), flush=True)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for env, result in zip(order, pool.map(one, order)):
+            results[env] = result
+            results_path.write_text(json.dumps({"date": date, "results": list(results.values())}, indent=1))
+    results = [results[env] for env in order]
     minutes = (time.monotonic() - started) / 60
-    text = table(results, date) + f"\n\nWhole run: {minutes:.0f} min ({len(results)} envs)."
+    text = table(results, date) + f"\n\nWhole run: {minutes:.0f} min ({len(results)} envs, {args.jobs} at a time)."
     print()
     print(text)
-    print(f"\nlog: {log_path}\nresults: {results_path}")
+    print(f"\nlogs: {out_dir}/<env>.log\nresults: {results_path}")
     if args.update_docs:
         update_docs(text)
         print(f"updated {DOC}")

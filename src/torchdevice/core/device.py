@@ -198,6 +198,8 @@ _TORCH_PREFIX = "torch."
 # dynamo constant-folds torch.cuda.is_available() and friends by calling them
 # while it traces a function, so these calls get the answer for that code.
 _ON_BEHALF_OF_TRACED_CODE = frozenset({"torch._dynamo.variables.torch"})
+# With TORCHDEVICE_REPORT on, a recorder of this module calls the replacement.
+_RECORDER_MODULE = "torchdevice.core.report"
 
 
 def _not_tracing() -> bool:
@@ -226,6 +228,9 @@ def caller_sees_truth(truthful=frozenset(), depth: int = 2) -> bool:
     except ValueError:
         return True  # no Python caller: called from torch's C++ (e.g. a lazy CUDA init)
     name = frame.f_globals.get("__name__") or ""
+    if name == _RECORDER_MODULE:  # the migration report's recorder sits between the caller and us
+        frame = frame.f_back
+        name = (frame.f_globals.get("__name__") or "") if frame is not None else "torch"
     if name == "torch" or name.startswith(_TORCH_PREFIX):
         return name not in _ON_BEHALF_OF_TRACED_CODE
     if truthful:

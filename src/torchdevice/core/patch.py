@@ -19,6 +19,7 @@ never through the patched public names.
 import importlib
 import sys
 import threading
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
@@ -156,13 +157,24 @@ def resolve(path: str) -> Any:
     """Resolve a dotted path through already-imported modules and attributes.
 
     Imports nothing: a module that is not loaded yet raises ``_NotYetImported``
-    if it can be imported, ``_Absent`` if it does not exist.
+    if it can be imported, ``_Absent`` if it does not exist. (A package's
+    module-level ``__getattr__`` may import a submodule on attribute access, as
+    torch does for ``torch._dynamo``: submodules are looked up in ``sys.modules``,
+    never through ``getattr``.)
     """
     parts = path.split(".")
     obj = sys.modules.get(parts[0])
     if obj is None:
         raise _Absent(f"{parts[0]} is not imported")
     for i, part in enumerate(parts[1:], start=2):
+        if isinstance(obj, types.ModuleType):
+            name = ".".join(parts[:i])
+            module = sys.modules.get(name)
+            if module is not None:
+                obj = module
+                continue
+            if part not in vars(obj) and _module_exists(name):
+                raise _NotYetImported(name)
         try:
             obj = getattr(obj, part)
         except AttributeError:
