@@ -97,10 +97,30 @@ def torchrun(python, program, nproc, *args, env=None, cwd=None, timeout=180):
     return result
 
 
+# What a run may print on stderr natively, with or without torchdevice:
+_NATIVE_NOTICES = re.compile("|".join([
+    # CPython's multiprocessing resource tracker sometimes reports a semaphore of a spawn-context
+    # DataLoader as leaked at shutdown (a race in the standard library).
+    r"^\S*multiprocessing/resource_tracker\.py:\d+: UserWarning: resource_tracker: .*\n^\s+warnings\.warn\(.*\n",
+    # torch's CUDA builds, from torch.utils.cpp_extension (imported by torch.compile), when a CUDA
+    # toolkit is installed but no GPU runs.
+    r"^No CUDA runtime is found, using CUDA_HOME=.*\n",
+    # torch 2.4 and 2.5 on torch.load without weights_only, shown at the program's own line (a line
+    # naming torchdevice would mean the wrapper hid the caller: not removed).
+    r"^(?!.*torchdevice)\S+:\d+: FutureWarning: You are using `torch\.load` with `weights_only=False`.*\n"
+    r"(?:^\s+\S.*\n)?",
+]), re.M)
+
+
+def without_native_notices(stderr: str) -> str:
+    """``stderr`` without the notices torch or CPython print natively (see _NATIVE_NOTICES)."""
+    return _NATIVE_NOTICES.sub("", stderr)
+
+
 def failure(result) -> str:
     """The tail of a failed run, for assertion messages."""
     return f"exit {result.returncode}\n--- stdout\n{result.stdout[-2000:]}\n--- stderr\n{result.stderr[-4000:]}"
 
 
 __all__ = ["PROGRAMS", "cpu_version", "write_cpu_version", "program_env", "native_env", "run_program", "torchrun",
-           "free_port", "failure"]
+           "free_port", "failure", "without_native_notices"]

@@ -14,7 +14,8 @@ import torch
 
 from conftest import cuda_tagged_checkpoint
 from torch_features import needs
-from porting import PROGRAMS, failure, native_env, program_env, run_program, torchrun, write_cpu_version
+from porting import (PROGRAMS, failure, native_env, program_env, run_program, torchrun, without_native_notices,
+                     write_cpu_version)
 
 pytestmark = [pytest.mark.venv, pytest.mark.corpus]
 
@@ -26,22 +27,10 @@ def load_module(name):
     return module
 
 
-# CPython's multiprocessing resource tracker sometimes reports a semaphore of a
-# spawn-context DataLoader as leaked at shutdown (a race in the standard library,
-# seen with and without torchdevice). Those two-line warnings are not ours.
-_RESOURCE_TRACKER = re.compile(r"^\S*multiprocessing/resource_tracker\.py:\d+: UserWarning: resource_tracker: .*\n"
-                               r"^\s+warnings\.warn\(.*\n", re.M)
-
-
-# torch's CUDA builds print this from torch.utils.cpp_extension (imported by torch.compile) when a
-# CUDA toolkit is installed but no GPU runs: torch's own truthful notice, printed natively too.
-_NO_CUDA_RUNTIME = re.compile(r"^No CUDA runtime is found, using CUDA_HOME=.*\n", re.M)
-
-
 def ok(result):
-    """The run succeeded and printed nothing on stderr, as on a GPU."""
+    """The run succeeded and printed nothing on stderr but what it prints natively, as on a GPU."""
     assert result.returncode == 0, failure(result)
-    assert _NO_CUDA_RUNTIME.sub("", _RESOURCE_TRACKER.sub("", result.stderr)) == "", failure(result)
+    assert without_native_notices(result.stderr) == "", failure(result)
     return result.stdout
 
 

@@ -105,7 +105,10 @@ def default_device():
     """torch.get_default_device(), or on torch 2.2 (which lacks it) the device set_default_device set."""
     get = getattr(torch, "get_default_device", None)
     if get is not None:
-        return get()
+        try:
+            return get()
+        except AttributeError:  # torch 2.3 to 2.5 after set_default_device(None): its own bug
+            return torch._C.device("cpu")
     context = torch._GLOBAL_DEVICE_CONTEXT
     return torch._C.device("cpu") if context is None else torch._C.device(context.device)
 

@@ -2,6 +2,7 @@
 import copy
 import io
 import pickle
+import sys
 import typing
 import warnings
 
@@ -327,6 +328,26 @@ def test_load_positional_map_location_and_serialization_load(patched):
     data = cuda_tagged_checkpoint({"w": torch.ones(2)})
     assert torch.load(io.BytesIO(data), "cuda")["w"].device == CPU
     assert torch.serialization.load(io.BytesIO(data))["w"].device == CPU
+
+
+def test_load_warnings_name_the_callers_line(patched):
+    """torch.load's own warnings (torch 2.4-2.5 warn about weights_only) point at the program's line,
+    as without torchdevice, and go through the program's filters."""
+    def warning_load(f, map_location=None, *args, **kwargs):  # warns as torch.load does
+        warnings.warn("weights_only default", FutureWarning, stacklevel=2)
+        return map_location
+
+    load = redirect._load(warning_load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        used = load(io.BytesIO(b""), "cuda")
+    assert used == CPU, "the map_location was still mapped"
+    assert [(w.category, w.filename, w.lineno) for w in caught] == [(FutureWarning, __file__, line)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore", FutureWarning)
+        load(io.BytesIO(b""))
+    assert caught == [], "the program's filters apply"
 
 
 def test_model_state_dict_round_trip(patched, tmp_path):

@@ -303,7 +303,8 @@ def _follow_live(name, implementation):
 
 # -- tunable -------------------------------------------------------------------------------
 _TUNABLE_DEFAULTS = {"enabled": False, "tuning": True, "record_untuned": False, "duration": 30,
-                     "iterations": 100, "filename": "tunableop_results.csv", "rotating_buffer": 0}
+                     "iterations": 100, "filename": "tunableop_results.csv", "rotating_buffer": 0,
+                     "write_on_exit": True}
 # name -> (setting, is_setter)
 _TUNABLE_SETTINGS = {
     "enable": ("enabled", True), "is_enabled": ("enabled", False),
@@ -313,6 +314,7 @@ _TUNABLE_SETTINGS = {
     "set_max_tuning_iterations": ("iterations", True), "get_max_tuning_iterations": ("iterations", False),
     "set_filename": ("filename", True), "get_filename": ("filename", False),
     "set_rotating_buffer_size": ("rotating_buffer", True), "get_rotating_buffer_size": ("rotating_buffer", False),
+    "write_file_on_exit": ("write_on_exit", True),  # torch 2.4 to 2.5
 }
 
 
@@ -343,6 +345,7 @@ def _tunable_records(target):
         Patch(owner, "get_results", constant(()), kind=NOOP, note="(): nothing tuned"),
         Patch(owner, "get_validators", constant(()), kind=NOOP, note="(): nothing tuned"),
         Patch(owner, "read_file", constant(False), kind=NOOP, note="False: results are not used on the target"),
+        Patch(owner, "write_file", constant(False), kind=NOOP, note="False: no results to write on the target"),
         Patch(owner, "set_numerical_check_tolerances", constant(None), kind=NOOP),
     ]
     why = "TunableOp tunes cuBLAS/hipBLASLt GEMMs"

@@ -28,6 +28,8 @@ lookup for the device argument and nothing at all when there is none.
 import dataclasses
 import functools
 import re
+import sys
+import warnings
 
 import torch
 
@@ -391,11 +393,42 @@ def _map_location(spec, target):
     return spec
 
 
+def _caller_frame():
+    """The first frame outside torchdevice above the caller of our wrapper."""
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_globals.get("__name__") or "").startswith("torchdevice."):
+        frame = frame.f_back
+    return frame
+
+
+def _reemit(caught, frame):
+    """Show warnings torch raised inside our wrapper as raised at the program's own line."""
+    if frame is None:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return
+    globals_ = frame.f_globals
+    registry = globals_.setdefault("__warningregistry__", {})
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, frame.f_code.co_filename, frame.f_lineno,
+                               module=globals_.get("__name__"), registry=registry, module_globals=globals_)
+
+
 def _load(original):
     target = _device.current()
 
     def load(f, map_location=None, *args, **kwargs):
-        return original(f, _map_location(map_location, target), *args, **kwargs)
+        # torch.load warns (e.g. torch 2.4-2.5's weights_only FutureWarning) with a stack level
+        # that would name this wrapper: collect its warnings and show them at the caller's line,
+        # through the caller's filters, as without torchdevice. (Not a hot path.)
+        caught = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return original(f, _map_location(map_location, target), *args, **kwargs)
+        finally:
+            if caught:
+                _reemit(caught, _caller_frame())
     return functools.wraps(original)(load)
 
 

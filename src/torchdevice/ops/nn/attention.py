@@ -15,8 +15,10 @@ tiny attention on the target with each backend alone (a feature probe, not a
 version table). ``sdpa_kernel`` is covered through the helper
 ``torch.nn.attention._sdpa_kernel`` that it (and torch.compile's handling of
 it, and ``torch.backends.cuda.sdp_kernel``) calls; the ``enable_*_sdp``
-switches are checked after each call. torch 2.2 has no ``torch.nn.attention``
-(so no ``sdpa_kernel``); its ``enable_*_sdp`` switches are covered the same way.
+switches are checked after each call. Where ``sdpa_kernel`` calls the switches
+through names bound in ``torch.nn.attention`` (torch 2.3 to 2.5), those names are
+covered too. torch 2.2 has no ``torch.nn.attention`` (so no ``sdpa_kernel``);
+its ``enable_*_sdp`` switches are covered the same way.
 """
 import collections
 import functools
@@ -28,23 +30,27 @@ from ...core.logger import warn_once
 from ...core.patch import Patch
 
 _available = {}  # device type -> tuple of SDPBackend that run there, measured on first need
-# Where torch has no torch.nn.attention (2.2): flag name -> backend name, and a stand-in for SDPBackend.
-_OLD_BACKEND_NAMES = {"flash": "FLASH_ATTENTION", "mem_efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
-_Backend = collections.namedtuple("_Backend", "name")
+# flag name -> SDPBackend member, where torch has no such table (torch.nn.attention._backend_names)
+_BACKEND_NAMES = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "mem_efficient": "EFFICIENT_ATTENTION",
+                  "math": "MATH"}
+_SWITCHES = ("enable_flash_sdp", "enable_mem_efficient_sdp", "enable_math_sdp", "enable_cudnn_sdp")
+_Backend = collections.namedtuple("_Backend", "name")  # where torch has no SDPBackend enum at all
 
 
 def _flag_functions():
     """SDPBackend -> (setter, getter) for every backend flag this torch has."""
     try:
-        from torch.nn.attention import SDPBackend, _backend_names
-    except ImportError:
-        SDPBackend, _backend_names = None, _OLD_BACKEND_NAMES
+        import torch.nn.attention as attention
+    except ImportError:  # torch 2.2
+        attention = None
+    names = getattr(attention, "_backend_names", None) or _BACKEND_NAMES
+    enum = getattr(attention, "SDPBackend", None) or getattr(torch._C, "_SDPBackend", None)
 
     table = {}
-    for name, member in _backend_names.items():
+    for name, member in names.items():
         setter = getattr(torch._C, f"_set_sdp_use_{name}", None)
         getter = getattr(torch._C, f"_get_{name}_sdp_enabled", None)
-        backend = _Backend(member) if SDPBackend is None else getattr(SDPBackend, member, None)
+        backend = _Backend(member) if enum is None else getattr(enum, member, None)
         if setter is not None and getter is not None and backend is not None:
             table[backend] = (setter, getter)
     return table
@@ -114,7 +120,8 @@ def records():
     target = _device.current()
     out = [Patch("torch.nn.attention", "_sdpa_kernel", _sdpa_kernel(target),
                  note="keeps a backend the target runs enabled (one-time warning)")]
-    for name in ("enable_flash_sdp", "enable_mem_efficient_sdp", "enable_math_sdp", "enable_cudnn_sdp"):
-        out.append(Patch("torch.backends.cuda", name, _switch(target),
-                         note="keeps a backend the target runs enabled (one-time warning)"))
+    for owner in ("torch.backends.cuda", "torch.nn.attention"):  # the latter: names sdpa_kernel calls (2.3-2.5)
+        for name in _SWITCHES:
+            out.append(Patch(owner, name, _switch(target),
+                             note="keeps a backend the target runs enabled (one-time warning)"))
     return out
