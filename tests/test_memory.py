@@ -189,8 +189,9 @@ def test_caching_allocator_blocks(patched):
         torch.cuda.caching_allocator_delete(pointer)
     assert torch.cuda.caching_allocator_alloc(0) == 0
     torch.cuda.caching_allocator_enable(False)
-    with torch.cuda.caching_allocator_disabled():
-        assert torch.ones(3, device="cuda").sum().item() == 3
+    if hasattr(torch.cuda, "caching_allocator_disabled"):  # not in torch 2.6
+        with torch.cuda.caching_allocator_disabled():
+            assert torch.ones(3, device="cuda").sum().item() == 3
     assert torch.cuda.get_allocator_backend() == "native"
 
 
@@ -207,6 +208,34 @@ def test_mem_pool(patched):
     assert pool.snapshot() == []
     with pytest.raises(TargetUnsupportedError, match=r"torch.cuda.MemPool\(allocator=...\).*cpu target"):
         torch.cuda.MemPool(allocator=object())
+
+
+def test_mem_pool_context_tracks_the_active_pool():
+    """MemPoolContext (torch 2.5 to 2.7 list it in torch.cuda) and use_mem_pool keep the active pool."""
+    from torchdevice.ops.memory import management
+
+    class State:  # what _mem_pool needs of the area's state
+        def index(self, device):
+            return 0
+
+    MemPool, MemPoolContext, use_mem_pool = management._mem_pool(State())
+    outer, inner = MemPool(), MemPool()
+    assert MemPoolContext.active_pool() is None
+    context = MemPoolContext(outer)
+    assert MemPoolContext.active_pool() is outer
+    with use_mem_pool(inner):
+        assert MemPoolContext.active_pool() is inner and inner.use_count() == 2
+    assert MemPoolContext.active_pool() is outer and inner.use_count() == 1
+    del context
+    assert MemPoolContext.active_pool() is None
+
+
+@needs("torch.cuda.MemPoolContext")
+def test_mem_pool_context_is_patched(patched):
+    pool = torch.cuda.MemPool()
+    with torch.cuda.use_mem_pool(pool):
+        assert torch.cuda.MemPoolContext.active_pool() is pool
+    assert torch.cuda.MemPoolContext.active_pool() is None
 
 
 def test_pluggable_allocator_is_a_clear_error(patched):

@@ -252,17 +252,44 @@ def _mem_pool(state):
             return f"MemPool(id={self._id})"
 
     MemPool.__module__ = "torch.cuda.memory"
+    active = []  # pools made active, innermost last
+
+    class MemPoolContext:
+        """Makes ``pool`` the active pool until this object is deleted (torch 2.5 to 2.7 have this class).
+
+        Args:
+            pool (torch.cuda.MemPool): the pool to make active.
+        """
+
+        def __init__(self, pool):
+            self._pool = pool
+            active.append(pool)
+
+        def __del__(self):
+            for i in range(len(active) - 1, -1, -1):
+                if active[i] is self._pool:
+                    del active[i]
+                    break
+
+        @staticmethod
+        def active_pool():
+            """The active MemPool, or None."""
+            return active[-1] if active else None
+
+    MemPoolContext.__module__ = "torch.cuda.memory"
 
     @contextlib.contextmanager
     def use_mem_pool(pool, device=None):
         state.index(device)
         pool._uses += 1
+        context = MemPoolContext(pool)
         try:
             yield
         finally:
             pool._uses -= 1
+            del context
 
-    return MemPool, use_mem_pool
+    return MemPool, MemPoolContext, use_mem_pool
 
 
 # name -> (kind on cpu, kind on mps, note on cpu, note on mps)
@@ -329,7 +356,7 @@ def records():
     cfg = active_config()
     state = _State(target, cfg.device_count)
     functions = _functions(state)
-    mem_pool, use_mem_pool = _mem_pool(state)
+    mem_pool, mem_pool_context, use_mem_pool = _mem_pool(state)
     on_mps = target.type == "mps"
     out = []
     for name, (cpu_kind, mps_kind, cpu_note, mps_note) in _KINDS.items():
@@ -344,6 +371,8 @@ def records():
     for owner in _OWNERS:
         out += [
             Patch(owner, "MemPool", lambda original: mem_pool, kind=EMULATED, note=pool_note),
+            Patch(owner, "MemPoolContext", lambda original: mem_pool_context, kind=EMULATED,
+                  note="keeps the active pool (torch 2.5 to 2.7)"),
             Patch(owner, "use_mem_pool", lambda original: _wrap(original, use_mem_pool), kind=NOOP,
                   note="context accepted; allocations still go to the target's allocator"),
             Patch(owner, "CUDAPluggableAllocator", lambda original: _pluggable(target), kind=UNSUPPORTED,

@@ -96,7 +96,9 @@ def _sdpa_kernel(target):
             if usable and not any(b in usable for b in asked):
                 _warn(asked, usable, target.type)
                 asked += [b for b in usable if b not in asked]
-            return original(asked, set_priority)
+            if set_priority:
+                return original(asked, set_priority)
+            return original(asked)  # torch 2.6 takes the backends alone
         return functools.wraps(original)(_sdpa_kernel)
     return make
 
