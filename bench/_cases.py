@@ -463,22 +463,38 @@ def _report_available(ctx, path):
     return out.returncode == 0 and Path(path).exists()
 
 
+# (id, statement, checks, target). Each runs with the report on (A) and off (B), both patched,
+# from a line of the program's own file (USER_FILE): a real program's call site.
+REPORT_ROWS = [
+    ("report_overhead", 'torch.zeros(16, device="cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    ("report_tensor_to", 't.to("cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    ("report_tensor_cuda", "t.cuda()", [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    ("report_torch_device", 'torch.device("cuda")', [], ""),
+    # torch calls Tensor.cuda once per parameter on the user's behalf: the site is found by a stack walk
+    ("report_module_cuda", "mlp.cuda()", [], ""),
+]
+USER_FILE = "/bench/user_program.py"
+
+
 def group_report(ctx):
-    what = 'torch.zeros(16, device="cuda") with TORCHDEVICE_REPORT on vs off'
+    what = "{stmt} with TORCHDEVICE_REPORT on vs off (call made from the program's own file)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "report.json"
         if not _report_available(ctx, path):
-            return [skip_row("report_overhead", "report", what, "ns/call", "ratio <= 1.5",
-                             "TORCHDEVICE_REPORT wrote no report (migration report not in this build)")]
+            return [skip_row(rid, "report", what.format(stmt=stmt), "ns/call", target,
+                             "TORCHDEVICE_REPORT wrote no report (migration report not in this build)")
+                    for rid, stmt, _, target in REPORT_ROWS]
         ns = _call_namespace(ctx)
-        stmt = 'torch.zeros(16, device="cuda")'
         # The report of this process is written at exit: give it a directory that outlives the group.
         keep = Path(tempfile.mkdtemp(prefix="torchdevice-bench-report-")) / "inprocess.json"
-        a, b = M.ab_calls(ctx.switch, stmt, stmt, ns, ctx.p["call_reps"], ctx.p["block"],
-                          a_settings={"report": str(keep)}, b_on=True)
+        rows = []
+        for rid, stmt, checks, target in REPORT_ROWS:
+            a, b = M.ab_calls(ctx.switch, stmt, stmt, ns, ctx.p["call_reps"], ctx.p["block"],
+                              a_settings={"report": str(keep)}, b_on=True, filename=USER_FILE)
+            rows.append(make_row(rid, "report", what.format(stmt=stmt), "ns/call", a, b, checks, target,
+                                 a_label="report on", b_label="report off"))
         ctx.switch.set(False)
-        return [make_row("report_overhead", "report", what, "ns/call", a, b, [("ratio", "<=", 1.5)],
-                         "ratio <= 1.5", a_label="report on", b_label="report off")]
+        return rows
 
 
 # -- group: command line -----------------------------------------------------------------------------
