@@ -108,6 +108,12 @@ def user_site(frame):
     ``module:qualname`` of the library function the user frame called. Returns
     ``(None, None)`` when no frame on the stack is user code.
     """
+    user, below = user_frame(frame)
+    return user, (None if below is None else function_name(below))
+
+
+def user_frame(frame):
+    """(user frame, library frame it called or None): ``user_site`` without naming the function."""
     below = None
     while frame is not None:
         code = frame.f_code
@@ -115,7 +121,7 @@ def user_site(frame):
         if kind is None:
             kind = classify(code)
         if kind == USER:
-            return frame, (None if below is None else function_name(below))
+            return frame, below
         if kind == LIBRARY:
             below = frame
         frame = frame.f_back

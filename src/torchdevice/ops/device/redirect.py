@@ -24,10 +24,17 @@ What it patches (all through core/patch.py):
 
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
+
+With the migration report on (core/report.py), factories, ``Tensor.to`` and
+``Tensor.cuda`` are built from their ``_recording_*`` variants instead: the
+same code with the report's call-site count inlined where the device argument
+is mapped. The plain wrappers are what is installed with the report off, and
+are never slowed by it.
 """
 import dataclasses
 import functools
 import re
+import sys
 
 import torch
 
@@ -145,6 +152,40 @@ def _factory(original, strip_pin_memory):
     return functools.wraps(original)(factory)
 
 
+def _recording_factory(strip_pin_memory):
+    """``Patch.recording`` for ``_factory``: the same wrapper, counting calls that map a device."""
+    def recording(original, site):
+        cache = _device.DEVICE_CACHE
+        resolve = _device.map_device
+        getframe = sys._getframe
+        fast_get = site.fast.get
+        seen = site.seen
+        empty = site.EMPTY
+
+        def factory(*args, **kwargs):
+            if kwargs:
+                if "device" in kwargs:
+                    spec = kwargs["device"]
+                    if spec is not None:
+                        try:
+                            mapped = kwargs["device"] = cache[spec]
+                        except (KeyError, TypeError):
+                            mapped = kwargs["device"] = resolve(spec)
+                        if mapped is not spec:  # only a spec that was mapped can ask for CUDA
+                            frame = getframe(1)
+                            code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                            if code is frame.f_code and seen_spec is spec:
+                                next(counter)
+                            else:
+                                seen(frame, spec)
+                if strip_pin_memory and "pin_memory" in kwargs and kwargs["pin_memory"]:
+                    kwargs["pin_memory"] = False  # the target has no page-locked host memory
+                return original(*args, **kwargs)
+            return original(*args)
+        return functools.wraps(original)(factory)
+    return recording
+
+
 _NO_ARG = object()
 
 
@@ -192,6 +233,68 @@ def _tensor_to(original):
     return functools.wraps(original)(to)
 
 
+def _recording_tensor_to(original, site):
+    """``Patch.recording`` for ``_tensor_to``: the same wrapper, counting calls that map a device."""
+    cache = _device.DEVICE_CACHE
+    resolve = _device.map_device
+    getframe = sys._getframe
+    fast_get = site.fast.get
+    seen = site.seen
+    empty = site.EMPTY
+
+    def to(self, _first_arg=_NO_ARG, *rest, **kwargs):
+        if _first_arg is not _NO_ARG:
+            try:
+                mapped = cache[_first_arg]
+            except KeyError:
+                mapped = resolve(_first_arg)
+            except TypeError:
+                mapped = _first_arg
+            if mapped is not _first_arg:  # dtypes, tensors and non-CUDA device objects map to themselves
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first_arg:
+                    next(counter)
+                else:
+                    seen(frame, _first_arg)
+            if not kwargs:
+                if not rest:
+                    return original(self, mapped)
+                return original(self, mapped, *rest)
+            if not rest:
+                if len(kwargs) == 1 and "non_blocking" in kwargs:
+                    return original(self, mapped, non_blocking=kwargs["non_blocking"])
+                if "device" not in kwargs:
+                    return original(self, mapped, **kwargs)
+            if "device" in kwargs:
+                spec = kwargs["device"]
+                if spec is not None:
+                    kwargs["device"] = resolve(spec)
+            return original(self, mapped, *rest, **kwargs)
+        if "device" in kwargs:
+            spec = kwargs.pop("device")
+            if spec is not None:
+                try:
+                    mapped = cache[spec]
+                except (KeyError, TypeError):
+                    mapped = resolve(spec)
+                if mapped is not spec:
+                    frame = getframe(1)
+                    code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                    if code is frame.f_code and seen_spec is spec:
+                        next(counter)
+                    else:
+                        seen(frame, spec)
+                spec = mapped
+            if not kwargs:
+                return original(self, device=spec)
+            if len(kwargs) == 1 and "non_blocking" in kwargs:
+                return original(self, device=spec, non_blocking=kwargs["non_blocking"])
+            return original(self, device=spec, **kwargs)
+        return original(self, **kwargs)
+    return functools.wraps(original)(to)
+
+
 def _check_cuda_arg(api, spec):
     """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices.
 
@@ -225,6 +328,38 @@ def _tensor_cuda(target):
             return to_device(self, target_device, non_blocking=non_blocking, memory_format=memory_format)
     cuda.__doc__ = torch._C.TensorBase.cuda.__doc__
     return cuda
+
+
+def _recording_tensor_cuda(target):
+    """``Patch.recording`` for ``_tensor_cuda``: the same method, counting every call."""
+    def recording(original, site):
+        preserve = torch.preserve_format
+        to_cpu = torch._C.TensorBase.cpu
+        to_device = torch._C.TensorBase.to
+        target_device = target.device
+        on_cpu = target.type == "cpu"
+        getframe = sys._getframe
+        fast_get = site.fast.get
+        seen = site.seen
+        empty = site.EMPTY
+
+        def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            frame = getframe(1)
+            code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+            if code is frame.f_code and seen_spec is device:
+                next(counter)
+            else:
+                seen(frame, device)
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            if on_cpu:
+                if memory_format is preserve:
+                    return to_cpu(self)
+                return to_cpu(self, memory_format=memory_format)
+            return to_device(self, target_device, non_blocking=non_blocking, memory_format=memory_format)
+        cuda.__doc__ = torch._C.TensorBase.cuda.__doc__
+        return cuda
+    return recording
 
 
 def _pin_memory(original):
@@ -614,8 +749,8 @@ def records():
         Patch("torch", "device", _device_type, kind=EMULATED,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
-        Patch("torch.Tensor", "to", _tensor_to),
-        Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target)),
+        Patch("torch.Tensor", "to", _tensor_to, recording=_recording_tensor_to),
+        Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target), recording=_recording_tensor_cuda(target)),
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
         Patch("torch.Tensor", "is_pinned", _is_pinned, kind=NOOP, note="False: no pinned memory on the target"),
@@ -631,7 +766,9 @@ def records():
         Patch("torch.serialization", "load", _load),
     ]
     for owner, name, pin in device_functions():
-        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=pin and not target.pinned_memory)))
+        strip = pin and not target.pinned_memory
+        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip),
+                         recording=_recording_factory(strip)))
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
@@ -653,7 +790,10 @@ def _with_float64_policy(out, policy):
             outer = _narrow_cuda(policy)
         elif record.name == "load":
             outer = _narrow_load(policy)
-        layered.append(record if outer is None else dataclasses.replace(record, make=_compose(outer, record.make)))
+        # The float64 layer sits above the wrapper, so the report wraps the layered result instead of
+        # using the wrapper's recording variant (whose caller frame would be the layer's).
+        layered.append(record if outer is None else dataclasses.replace(record, make=_compose(outer, record.make),
+                                                                         recording=None))
     return layered
 
 
