@@ -24,7 +24,7 @@ class Recorder(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-@pytest.mark.parametrize("call,args,kwargs", [
+TO_CASES = [
     (lambda t: t.to("cuda"), (CPU,), {}),
     (lambda t: t.to("cuda", non_blocking=True), (CPU,), {"non_blocking": True}),
     (lambda t: t.to("cuda", torch.float16), (CPU, torch.float16), {}),
@@ -36,7 +36,10 @@ class Recorder(torch.Tensor):
     (lambda t: t.to(dtype=torch.float64), (), {"dtype": torch.float64}),
     (lambda t: t.to("cuda", memory_format=torch.preserve_format), (CPU,), {"memory_format": torch.preserve_format}),
     (lambda t: t.to(), (), {}),
-])
+]
+
+
+@pytest.mark.parametrize("call,args,kwargs", TO_CASES)
 def test_tensor_to_passes_the_call_shape_through(patched, call, args, kwargs):
     t = torch.arange(3.0).as_subclass(Recorder)
     Recorder.calls.clear()
@@ -98,3 +101,27 @@ def test_isinstance_on_the_device_stand_in_stays_exact(patched):
         assert not isinstance(other, torch.device)
     assert type(torch.device).__instancecheck__ == torch._C.device.__instancecheck__
     assert issubclass(torch._C.device, torch.device) and not issubclass(str, torch.device)
+
+
+def test_torch_device_strings_are_made_once(patched):
+    made = torch.device("cuda:1")
+    assert made == torch._C.device("cuda", 1) and type(made) is torch._C.device
+    assert torch.device("cuda:1") is made, "the same immutable object is handed out again"
+    assert torch.device("cpu") == CPU and torch.device("cuda", 1) == made
+    assert torch.device(type="cuda", index=2) == torch._C.device("cuda", 2)
+    with pytest.raises(RuntimeError, match="Invalid device string"):
+        torch.device("cuda:x")
+    with pytest.raises(TypeError):
+        torch.device()
+    with pytest.raises(TypeError):
+        torch.device(["cuda"])  # unhashable: torch's own error
+
+
+def test_torch_device_cache_is_bounded(patched):
+    from torchdevice.ops.device import redirect
+
+    first = [torch.device(f"cuda:{i}") for i in range(redirect._DEVICE_CACHE_LIMIT + 50)]
+    again = [torch.device(f"cuda:{i}") for i in range(redirect._DEVICE_CACHE_LIMIT + 50)]
+    assert first == again
+    cached = sum(a is b for a, b in zip(first, again))
+    assert cached == redirect._DEVICE_CACHE_LIMIT

@@ -397,6 +397,8 @@ def test_hot_wrappers_record_in_their_own_frame(recording):
     # frame per call, whose __wrapped__ is the wrapper installed when the report is off.
     from torchdevice.ops.device import redirect
 
+    call = type(torch.device).__call__
+    assert call.__code__.co_filename == redirect.__file__ and torch.device._torchdevice_recorder is not None
     for fn in (torch.zeros, torch.Tensor.to, torch.Tensor.cuda):
         assert fn._torchdevice_recorder is not None
         assert fn.__code__.co_filename == redirect.__file__, fn
@@ -419,7 +421,7 @@ def test_hot_wrappers_record_in_their_own_frame(recording):
 
 def test_recording_variants_count_what_was_asked(recording):
     x = torch.ones(2)
-    cuda1 = torch.device("cuda", 1)
+    cuda1 = torch.device("cuda", 1)  # site: fused device pair
     for spec in ["cuda", cuda1, "cuda", cuda1, "cuda"]:
         x.to(spec)  # site: fused to alternating
     for _ in range(3):
@@ -431,10 +433,16 @@ def test_recording_variants_count_what_was_asked(recording):
         x.cuda(1)  # site: fused cuda index
         torch.ones(1, device=0)  # site: fused ones index
         torch.ones(1, device=torch.device("cpu"))  # site: fused ones cpu
+        torch.device("cuda:1")  # site: fused device string
+        torch.device(2)  # site: fused device index
+    assert torch.device(type="cuda") == torch._C.device("cuda")  # site: fused device keyword
     rows = recording()["calls"]
-    got = sorted((r["api"], r["line"], r["asked"], r["count"]) for r in rows
-                 if r["file"] == HERE and r["api"] != "torch.device")
+    got = sorted((r["api"], r["line"], r["asked"], r["count"]) for r in rows if r["file"] == HERE)
     assert got == sorted([
+        ("torch.device", line_of("site: fused device pair"), "cuda:1", 1),
+        ("torch.device", line_of("site: fused device string"), "cuda:1", 3),
+        ("torch.device", line_of("site: fused device index"), "cuda:2", 3),
+        ("torch.device", line_of("site: fused device keyword"), "cuda", 1),
         ("Tensor.to", line_of("site: fused to alternating"), "cuda", 3),
         ("Tensor.to", line_of("site: fused to alternating"), "cuda:1", 2),
         ("Tensor.to", line_of("site: fused to keyword"), "cuda:0", 3),
@@ -458,3 +466,12 @@ def test_report_caches_hold_no_tensors(recording):
     gc.collect()
     assert ref() is None, "a tensor passed as a device argument is kept alive by the report"
     assert all(type(spec) in report._HOLDABLE for spec in report._SPEC_CACHE)
+
+
+def test_recording_tensor_to_passes_the_call_shape_through(recording):
+    from test_hot_paths import TO_CASES, Recorder
+
+    for call, args, kwargs in TO_CASES:
+        Recorder.calls.clear()
+        call(torch.zeros(2).as_subclass(Recorder))
+        assert Recorder.calls == [(args, kwargs)]

@@ -250,9 +250,10 @@ def hook(record, owner, raw, replacement, original=None):
         return replacement  # takes no device and is not a CUDA API: never a redirection
     _apis.append(api)
     recording = getattr(record, "recording", None)
-    if (recording is not None and original is not None and api.kind != UNSUPPORTED and plan[0] == "slot"
-            and plan[1][1] == "device"):
-        fused = recording(original, _Site(api, plan[1][2]))
+    if (recording is not None and original is not None and api.kind != UNSUPPORTED
+            and (plan[0] == "func" or (plan[0] == "slot" and plan[1][1] == "device"))):
+        default = plan[1][2] if plan[0] == "slot" else None
+        fused = recording(original, _Site(api, default, _plan_function(plan)))
         fused._torchdevice_recorder = api
         fused.__wrapped__ = replacement  # what is installed with the report off
         return fused
@@ -525,15 +526,24 @@ class _Site:
     where ``spec`` is the call's ``device`` argument as given (None when absent).
     ``fast`` maps an instruction offset to the last (code, spec, counter) seen
     there; calls whose spec names no CUDA device get a counter that counts nothing.
+    Calls of other shapes go to ``site.seen_call(frame, args, kwargs)``, which
+    reads them as the stacked recorder would.
     """
 
-    __slots__ = ("api", "fast", "default")
+    __slots__ = ("api", "fast", "default", "extract")
     EMPTY = (None, None, None)
 
-    def __init__(self, api, default):
+    def __init__(self, api, default, extract):
         self.api = api
         self.fast = api.fast
         self.default = default  # what a call without a CUDA spec asked for (Tensor.cuda: "cuda")
+        self.extract = extract  # extract(args, kwargs) -> asked or None, for seen_call
+
+    def seen_call(self, frame, args, kwargs):
+        """Count a call from its arguments (no fast-table entry: the shapes vary)."""
+        asked = self.extract(args, kwargs)
+        if asked is not None:
+            _slow_next(self.api, frame, asked)
 
     def seen(self, frame, spec):
         """Count a call that ``fast`` does not answer, and remember its site when that is exact."""

@@ -463,16 +463,79 @@ def _stand_in(real, call, doc=None):
     return meta(real.__name__, (), namespace)
 
 
-def _device_type(original):
-    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+_DEVICE_CACHE_LIMIT = 256
 
-    def __call__(cls, *args, **kwargs):
-        if len(args) == 1 and not kwargs:
-            index = args[0]
-            if type(index) is int and index >= 0:
+
+def _device_type(original):
+    """torch.device's stand-in. torch.device objects are immutable (no attributes can be
+    set, ``with device:`` keeps no state on the object), so one object per device string
+    is made and handed out again: ``torch.device("cuda")`` costs a dict lookup instead
+    of parsing the string. Only exact ``str`` arguments are cached (a string never
+    compares equal to another type), at most ``_DEVICE_CACHE_LIMIT`` of them; invalid
+    strings raise torch's error and are not cached."""
+    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+    by_string = {}
+
+    def __call__(cls, _first=_NO_ARG, *args, **kwargs):
+        if not args and not kwargs:
+            kind = type(_first)
+            if kind is str:
+                try:
+                    return by_string[_first]
+                except KeyError:
+                    made = _RealDevice(_first)
+                    if len(by_string) < _DEVICE_CACHE_LIMIT:
+                        by_string[_first] = made
+                    return made
+            if kind is int and _first >= 0:
                 # A bare index names the current accelerator's device: CUDA, as on a GPU machine.
-                return cuda_devices[index] if index < 8 else _RealDevice("cuda", index)
-        return _RealDevice(*args, **kwargs)
+                return cuda_devices[_first] if _first < 8 else _RealDevice("cuda", _first)
+        if _first is _NO_ARG:
+            return _RealDevice(*args, **kwargs)
+        return _RealDevice(_first, *args, **kwargs)
+    return _stand_in(_RealDevice, __call__)
+
+
+def _recording_device_type(original, site):
+    """``Patch.recording`` for ``_device_type``: the same stand-in, counting CUDA devices made."""
+    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+    by_string = {}
+    getframe = sys._getframe
+    fast_get = site.fast.get
+    seen = site.seen
+    seen_call = site.seen_call
+    empty = site.EMPTY
+
+    def __call__(cls, _first=_NO_ARG, *args, **kwargs):
+        if not args and not kwargs:
+            kind = type(_first)
+            if kind is str:
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first:
+                    next(counter)
+                else:
+                    seen(frame, _first)
+                try:
+                    return by_string[_first]
+                except KeyError:
+                    made = _RealDevice(_first)
+                    if len(by_string) < _DEVICE_CACHE_LIMIT:
+                        by_string[_first] = made
+                    return made
+            if kind is int and _first >= 0:
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first:
+                    next(counter)
+                else:
+                    seen(frame, _first)
+                return cuda_devices[_first] if _first < 8 else _RealDevice("cuda", _first)
+        if _first is _NO_ARG:
+            seen_call(getframe(1), args, kwargs)
+            return _RealDevice(*args, **kwargs)
+        seen_call(getframe(1), (_first,) + args, kwargs)
+        return _RealDevice(_first, *args, **kwargs)
     return _stand_in(_RealDevice, __call__)
 
 
@@ -746,7 +809,7 @@ def records():
     target = _device.current()
     policy = None if target.float64 else _Float64Policy(target, active_config().mps_float64)
     out = [
-        Patch("torch", "device", _device_type, kind=EMULATED,
+        Patch("torch", "device", _device_type, kind=EMULATED, recording=_recording_device_type,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
         Patch("torch.Tensor", "to", _tensor_to, recording=_recording_tensor_to),
