@@ -36,6 +36,12 @@ TO_CASES = [
     (lambda t: t.to(dtype=torch.float64), (), {"dtype": torch.float64}),
     (lambda t: t.to("cuda", memory_format=torch.preserve_format), (CPU,), {"memory_format": torch.preserve_format}),
     (lambda t: t.to(), (), {}),
+    (lambda t: t.to("cuda", torch.float16, non_blocking=True), (CPU, torch.float16), {"non_blocking": True}),
+    (lambda t: t.to("cuda", copy=True, non_blocking=True), (CPU,), {"copy": True, "non_blocking": True}),
+    (lambda t: t.to(device="cuda", non_blocking=True, copy=True), (), {"device": CPU, "non_blocking": True,
+                                                                     "copy": True}),
+    (lambda t: t.to(dtype=torch.float64, non_blocking=True), (), {"dtype": torch.float64, "non_blocking": True}),
+    (lambda t: t.to(non_blocking=True), (), {"non_blocking": True}),
 ]
 
 
