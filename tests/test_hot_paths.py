@@ -100,6 +100,42 @@ def test_tensor_cuda_fast_path_and_arguments(patched):
         t.cuda("cpu")
 
 
+class CpuCalls(torch.Tensor):
+    seen = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(getattr(func, "__name__", ""))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_tensor_cuda_answers_itself_only_where_cpu_would_do_nothing_observable(patched):
+    param = torch.nn.Parameter(torch.ones(2))
+    assert param.cuda() is param and torch.ones(2).cuda().device == CPU
+    # a subclass sees the call it would see on a GPU machine's t.cpu()
+    CpuCalls.seen.clear()
+    sub = torch.ones(2).as_subclass(CpuCalls)
+    assert type(sub.cuda()) is CpuCalls and "cpu" in CpuCalls.seen
+    # a torch function mode sees it too
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Mode.seen.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        torch.ones(2).cuda()
+    assert "cpu" in Mode.seen
+    # tensors elsewhere are moved (meta cannot be: torch's own error)
+    with pytest.raises(NotImplementedError, match="meta"):
+        torch.empty(2, device="meta").cuda()
+    # autograd: the same tensor, as t.cpu() gives
+    leaf = torch.ones(2, requires_grad=True)
+    assert leaf.cuda() is leaf and (leaf * 2).cuda().grad_fn is not None
+
+
 def test_isinstance_on_the_device_stand_in_stays_exact(patched):
     assert isinstance(torch.device("cuda"), torch.device)
     assert isinstance(CPU, torch.device) and isinstance(torch._C.device("meta"), torch.device)
