@@ -468,7 +468,9 @@ def _report_available(ctx, path):
 REPORT_ROWS = [
     ("report_overhead", 'torch.zeros(16, device="cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
     ("report_tensor_to", 't.to("cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
-    ("report_tensor_cuda", "t.cuda()", [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    # t.cuda() on the CPU target costs less than native t.cpu() (the tensor is its own answer): the
+    # report's fixed cost per recorded call is more than half of that; context, like torch.device
+    ("report_tensor_cuda", "t.cuda()", [], ""),
     ("report_torch_device", 'torch.device("cuda")', [], ""),
     # torch calls Tensor.cuda once per parameter on the user's behalf: the site is found by a stack walk
     ("report_module_cuda", "mlp.cuda()", [], ""),
