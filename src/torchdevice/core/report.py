@@ -55,7 +55,7 @@ import types
 import uuid
 
 from . import sites
-from .patch import UNSUPPORTED
+from .patch import MISSING, UNSUPPORTED
 
 SCHEMA = "torchdevice.report/1"
 SPOOL_ENV = "_TORCHDEVICE_REPORT_SPOOL"
@@ -250,7 +250,7 @@ def hook(record, owner, raw, replacement, original=None):
         return replacement  # takes no device and is not a CUDA API: never a redirection
     _apis.append(api)
     recording = getattr(record, "recording", None)
-    if (recording is not None and original is not None and api.kind != UNSUPPORTED
+    if (recording is not None and original is not None and original is not MISSING and api.kind != UNSUPPORTED
             and (plan[0] == "func" or (plan[0] == "slot" and plan[1][1] == "device"))):
         default = plan[1][2] if plan[0] == "slot" else None
         fused = recording(original, _Site(api, default, _plan_function(plan)))
@@ -439,9 +439,7 @@ _SPECIAL = {
 def _site_key(api, frame, asked):
     """(entry key, via, cacheable) for a call from ``frame``; key None: do not record."""
     code = frame.f_code
-    kind = sites.CODE_CLASS.get(code)
-    if kind is None:
-        kind = sites.classify(code)
+    kind = sites.classify(code)
     if kind == sites.USER:
         return (code, frame.f_lasti, api, asked), None, True
     if kind == sites.LIBRARY and api.direct_only:
@@ -465,9 +463,7 @@ def _counter(api, frame, asked):
     if state is None:
         return _NULL, False
     code = frame.f_code
-    kind = sites.CODE_CLASS.get(code)
-    if kind is None:
-        kind = sites.classify(code)
+    kind = sites.classify(code)
     below = None
     if kind == sites.USER:
         user, cacheable = frame, True

@@ -390,13 +390,13 @@ def _recording_tensor_cuda(target):
             code, seen_spec, counter = fast_get(frame.f_lasti, empty)
             if code is frame.f_code and seen_spec is device:
                 next(counter)
-                if device is None and memory_format is preserve and on_cpu:
-                    kind = type(self)  # as in _tensor_cuda
-                    if (kind is plain or kind is parameter) and self.is_cpu and not modes_active():
-                        return self
-                    return to_cpu(self)  # the common call, t.cuda(), on the CPU
             else:
                 seen(frame, device)
+            if device is None and memory_format is preserve and on_cpu:
+                kind = type(self)  # as in _tensor_cuda
+                if (kind is plain or kind is parameter) and self.is_cpu and not modes_active():
+                    return self
+                return to_cpu(self)
             if device is not None:
                 _check_cuda_arg("Tensor.cuda", device)
             if on_cpu:
