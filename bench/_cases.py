@@ -465,49 +465,77 @@ def _report_available(ctx, path):
     return out.returncode == 0 and Path(path).exists()
 
 
+# (id, statement, checks, target). Each runs with the report on (A) and off (B), both patched,
+# from a line of the program's own file (USER_FILE): a real program's call site.
+REPORT_ROWS = [
+    ("report_overhead", 'torch.zeros(16, device="cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    ("report_tensor_to", 't.to("cuda")', [("ratio", "<=", 1.5)], "ratio <= 1.5"),
+    # t.cuda() on the CPU target costs less than native t.cpu() (the tensor is its own answer): the
+    # report's fixed cost per recorded call is more than half of that; context, like torch.device
+    ("report_tensor_cuda", "t.cuda()", [], ""),
+    ("report_torch_device", 'torch.device("cuda")', [], ""),
+    # torch calls Tensor.cuda once per parameter on the user's behalf: the site is found by a stack walk
+    ("report_module_cuda", "mlp.cuda()", [], ""),
+]
+USER_FILE = "/bench/user_program.py"
+
+
 def group_report(ctx):
-    what = 'torch.zeros(16, device="cuda") with TORCHDEVICE_REPORT on vs off'
+    what = "{stmt} with TORCHDEVICE_REPORT on vs off (call made from the program's own file)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "report.json"
         if not _report_available(ctx, path):
-            return [skip_row("report_overhead", "report", what, "ns/call", "ratio <= 1.5",
-                             "TORCHDEVICE_REPORT wrote no report (migration report not in this build)")]
+            return [skip_row(rid, "report", what.format(stmt=stmt), "ns/call", target,
+                             "TORCHDEVICE_REPORT wrote no report (migration report not in this build)")
+                    for rid, stmt, _, target in REPORT_ROWS]
         ns = _call_namespace(ctx)
-        stmt = 'torch.zeros(16, device="cuda")'
         # The report of this process is written at exit: give it a directory that outlives the group.
         keep = Path(tempfile.mkdtemp(prefix="torchdevice-bench-report-")) / "inprocess.json"
-        a, b = M.ab_calls(ctx.switch, stmt, stmt, ns, ctx.p["call_reps"], ctx.p["block"],
-                          a_settings={"report": str(keep)}, b_on=True)
+        rows = []
+        for rid, stmt, checks, target in REPORT_ROWS:
+            a, b = M.ab_calls(ctx.switch, stmt, stmt, ns, ctx.p["call_reps"], ctx.p["block"],
+                              a_settings={"report": str(keep)}, b_on=True, filename=USER_FILE)
+            rows.append(make_row(rid, "report", what.format(stmt=stmt), "ns/call", a, b, checks, target,
+                                 a_label="report on", b_label="report off"))
         ctx.switch.set(False)
-        return [make_row("report_overhead", "report", what, "ns/call", a, b, [("ratio", "<=", 1.5)],
-                         "ratio <= 1.5", a_label="report on", b_label="report off")]
+        return rows
 
 
 # -- group: command line -----------------------------------------------------------------------------
 def group_cli(ctx):
+    """``python -m torchdevice info`` / ``coverage``: repeat runs (the stored answer of
+    torchdevice/_cli_cache.py, written by the warm-up run) and first runs (no cache
+    directory at all, as right after installing: every run imports torch)."""
     import importlib.util
 
     rows = []
     available = importlib.util.find_spec("torchdevice.__main__") is not None
+    store = tempfile.mkdtemp(prefix="torchdevice-bench-cli-")
+    cold = os.path.join(os.devnull, "no-cache")  # cannot be created: nothing is stored or read
     variants = {"import torch": ([sys.executable, "-c", "import torch"], checkout_env())}
     for command in ("info", "coverage"):
-        variants[command] = ([sys.executable, "-m", "torchdevice", command], checkout_env())
+        variants[command] = ([sys.executable, "-m", "torchdevice", command], checkout_env(XDG_CACHE_HOME=store))
+        variants[command + " first"] = ([sys.executable, "-m", "torchdevice", command],
+                                        checkout_env(XDG_CACHE_HOME=cold))
     if not available:
         return [skip_row(f"cli_{c}", "cli", f"python -m torchdevice {c} (wall time)", "ms", "< 1000 ms",
                          "torchdevice has no command line in this build") for c in ("info", "coverage")]
-    reference = None
     for command in ("info", "coverage"):
         try:
-            runs = M.ab_processes({command: variants[command], "import torch": variants["import torch"]},
-                                  ctx.p["cli_reps"], warmup=1)
+            runs = M.ab_processes({command: variants[command], command + " first": variants[command + " first"],
+                                   "import torch": variants["import torch"]}, ctx.p["cli_reps"], warmup=1)
         except RuntimeError as exc:
             rows.append(skip_row(f"cli_{command}", "cli", f"python -m torchdevice {command} (wall time)", "ms",
                                  "< 1000 ms", f"command failed: {str(exc)[-300:]}"))
             continue
         reference = runs["import torch"]["wall"]
-        rows.append(make_row(f"cli_{command}", "cli", f"python -m torchdevice {command} (wall time)", "ms",
-                             runs[command]["wall"], reference, [("value", "<", 1000.0)], "< 1000 ms",
+        rows.append(make_row(f"cli_{command}", "cli", f"python -m torchdevice {command}, repeat run (wall time)",
+                             "ms", runs[command]["wall"], reference, [("value", "<", 1000.0)], "< 1000 ms",
                              b_label="python -c 'import torch'", scale=1e3))
+        rows.append(make_row(f"cli_{command}_first", "cli",
+                             f"python -m torchdevice {command}, first run: nothing stored (wall time)", "ms",
+                             runs[command + " first"]["wall"], reference, [], "", b_label="python -c 'import torch'",
+                             scale=1e3))
     return rows
 
 

@@ -153,3 +153,120 @@ def test_real_coverage_module_end_to_end():
         rows = {row["name"]: row for row in json.loads(done.stdout)}
         assert rows["synchronize"]["kind"] in ("no-op", "redirected")
         assert set(rows["synchronize"]) == {"name", "kind", "note"}
+
+
+# -- stored answers (torchdevice/_cli_cache.py) ------------------------------------------------
+CLI_PROBE = """
+import sys
+import torchdevice
+if len(sys.argv) > 2:
+    torchdevice.__version__ = sys.argv[2]  # as after an upgrade of torchdevice
+from torchdevice.__main__ import main
+code = main(sys.argv[1].split())
+sys.stderr.write("torch imported: %s\\n" % ("torch" in sys.modules))
+sys.exit(code)
+"""
+
+
+def cli_probe(command, tmp_path, *args, **env):
+    done = subprocess.run([sys.executable, "-c", CLI_PROBE, command, *args],
+                          env=clean_env(XDG_CACHE_HOME=str(tmp_path), **env), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr.splitlines()[-1] == "torch imported: True"
+
+
+@pytest.mark.skipif(torch.version.cuda is not None or torch.version.hip is not None or sys.platform == "darwin",
+                    reason="answers are stored only for CPU-only torch builds off macOS")
+def test_repeated_commands_answer_from_the_store_and_a_version_change_invalidates_it(tmp_path):
+    first, imported = cli_probe("coverage --json", tmp_path)
+    assert imported and json.loads(first)
+    again, imported = cli_probe("coverage --json", tmp_path)
+    assert again == first and not imported, "the second run answers without importing torch"
+    info_first, imported = cli_probe("info --json", tmp_path)
+    assert imported
+    info_again, imported = cli_probe("info --json", tmp_path)
+    assert not imported and json.loads(info_again) == json.loads(info_first)
+
+    # The stored file is what answers: replace its answer and the next run prints that.
+    stored = [p for p in (tmp_path / "torchdevice").glob("cli-*.json")
+              if json.loads(p.read_text())["answer"] == first]
+    assert len(stored) == 1
+    data = json.loads(stored[0].read_text())
+    data["answer"] = "STORED\n"
+    stored[0].write_text(json.dumps(data))
+    assert cli_probe("coverage --json", tmp_path) == ("STORED\n", False)
+    # Another torchdevice version, or another configuration, never reads it.
+    out, imported = cli_probe("coverage --json", tmp_path, "0.0.0.dev-upgraded")
+    assert imported and out == first
+    out, imported = cli_probe("coverage --json", tmp_path, TORCHDEVICE_LOG_LEVEL="error")
+    assert imported and out == first
+
+
+def fake_torch(root, version="2.99.0+cpu", cuda="None"):
+    import importlib.machinery
+
+    root.mkdir(exist_ok=True)
+    (root / "version.py").write_text(f"__version__ = '{version}'\ncuda: Optional[str] = {cuda}\n"
+                                     f"git_version = 'abc'\nhip: Optional[str] = None\n")
+    extension = root / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    if not extension.exists():
+        extension.write_bytes(b"\0" * 16)
+    return root
+
+
+def test_store_key_follows_torch_torchdevice_and_configuration(tmp_path, monkeypatch):
+    import os
+
+    from torchdevice import _cli_cache
+
+    torch_dir = fake_torch(tmp_path / "torch")
+    monkeypatch.setattr(_cli_cache, "_torch_dir", lambda: torch_dir)
+    monkeypatch.delitem(sys.modules, "torch")  # restored after the test
+    monkeypatch.setattr(sys, "platform", "linux")
+    base = _cli_cache.key("coverage-text")
+    assert base is not None and base == _cli_cache.key("coverage-text")
+    assert _cli_cache.key("coverage-json") != base and _cli_cache.key("info") != base
+
+    fake_torch(torch_dir, version="2.99.1+cpu")  # a torch upgrade
+    assert _cli_cache.key("coverage-text") not in (None, base)
+    fake_torch(torch_dir)
+    assert _cli_cache.key("coverage-text") == base
+    extension = next(torch_dir.glob("_C*"))
+    os.utime(extension, ns=(1, 1))  # a reinstalled build of the same version
+    assert _cli_cache.key("coverage-text") not in (None, base)
+    base = _cli_cache.key("coverage-text")
+
+    monkeypatch.setattr(torchdevice, "__version__", "0.0.0.dev-other")
+    assert _cli_cache.key("coverage-text") not in (None, base)
+    monkeypatch.undo()
+    monkeypatch.setattr(_cli_cache, "_torch_dir", lambda: torch_dir)
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert _cli_cache.key("coverage-text") == base
+    monkeypatch.setenv("TORCHDEVICE_DEVICE", "cpu")
+    assert _cli_cache.key("coverage-text") not in (None, base)
+    monkeypatch.delenv("TORCHDEVICE_DEVICE")
+
+    fake_torch(torch_dir, cuda="'12.4'")  # a CUDA build: the answer depends on the hardware
+    assert _cli_cache.key("coverage-text") is None
+    fake_torch(torch_dir)
+    monkeypatch.setattr(sys, "platform", "darwin")  # MPS may or may not be there
+    assert _cli_cache.key("coverage-text") is None
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "torch", torch)  # torch imported: its live state is the answer
+    assert _cli_cache.key("coverage-text") is None
+
+
+def test_store_ignores_foreign_and_broken_files(tmp_path, monkeypatch):
+    from torchdevice import _cli_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _cli_cache.store("abc", {"x": 1})
+    assert _cli_cache.load("abc") == {"x": 1}
+    path = tmp_path / "torchdevice" / "cli-abc.json"
+    path.write_text(json.dumps({"key": "other", "answer": 2}))
+    assert _cli_cache.load("abc") is None
+    path.write_text("{broken")
+    assert _cli_cache.load("abc") is None
+    assert _cli_cache.load(None) is None

@@ -24,7 +24,7 @@ class Recorder(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-@pytest.mark.parametrize("call,args,kwargs", [
+TO_CASES = [
     (lambda t: t.to("cuda"), (CPU,), {}),
     (lambda t: t.to("cuda", non_blocking=True), (CPU,), {"non_blocking": True}),
     (lambda t: t.to("cuda", torch.float16), (CPU, torch.float16), {}),
@@ -36,7 +36,16 @@ class Recorder(torch.Tensor):
     (lambda t: t.to(dtype=torch.float64), (), {"dtype": torch.float64}),
     (lambda t: t.to("cuda", memory_format=torch.preserve_format), (CPU,), {"memory_format": torch.preserve_format}),
     (lambda t: t.to(), (), {}),
-])
+    (lambda t: t.to("cuda", torch.float16, non_blocking=True), (CPU, torch.float16), {"non_blocking": True}),
+    (lambda t: t.to("cuda", copy=True, non_blocking=True), (CPU,), {"copy": True, "non_blocking": True}),
+    (lambda t: t.to(device="cuda", non_blocking=True, copy=True), (), {"device": CPU, "non_blocking": True,
+                                                                     "copy": True}),
+    (lambda t: t.to(dtype=torch.float64, non_blocking=True), (), {"dtype": torch.float64, "non_blocking": True}),
+    (lambda t: t.to(non_blocking=True), (), {"non_blocking": True}),
+]
+
+
+@pytest.mark.parametrize("call,args,kwargs", TO_CASES)
 def test_tensor_to_passes_the_call_shape_through(patched, call, args, kwargs):
     t = torch.arange(3.0).as_subclass(Recorder)
     Recorder.calls.clear()
@@ -91,6 +100,42 @@ def test_tensor_cuda_fast_path_and_arguments(patched):
         t.cuda("cpu")
 
 
+class CpuCalls(torch.Tensor):
+    seen = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(getattr(func, "__name__", ""))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_tensor_cuda_answers_itself_only_where_cpu_would_do_nothing_observable(patched):
+    param = torch.nn.Parameter(torch.ones(2))
+    assert param.cuda() is param and torch.ones(2).cuda().device == CPU
+    # a subclass sees the call it would see on a GPU machine's t.cpu()
+    CpuCalls.seen.clear()
+    sub = torch.ones(2).as_subclass(CpuCalls)
+    assert type(sub.cuda()) is CpuCalls and "cpu" in CpuCalls.seen
+    # a torch function mode sees it too
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Mode.seen.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        torch.ones(2).cuda()
+    assert "cpu" in Mode.seen
+    # tensors elsewhere are moved (meta cannot be: torch's own error)
+    with pytest.raises(NotImplementedError, match="meta"):
+        torch.empty(2, device="meta").cuda()
+    # autograd: the same tensor, as t.cpu() gives
+    leaf = torch.ones(2, requires_grad=True)
+    assert leaf.cuda() is leaf and (leaf * 2).cuda().grad_fn is not None
+
+
 def test_isinstance_on_the_device_stand_in_stays_exact(patched):
     assert isinstance(torch.device("cuda"), torch.device)
     assert isinstance(CPU, torch.device) and isinstance(torch._C.device("meta"), torch.device)
@@ -98,3 +143,27 @@ def test_isinstance_on_the_device_stand_in_stays_exact(patched):
         assert not isinstance(other, torch.device)
     assert type(torch.device).__instancecheck__ == torch._C.device.__instancecheck__
     assert issubclass(torch._C.device, torch.device) and not issubclass(str, torch.device)
+
+
+def test_torch_device_strings_are_made_once(patched):
+    made = torch.device("cuda:1")
+    assert made == torch._C.device("cuda", 1) and type(made) is torch._C.device
+    assert torch.device("cuda:1") is made, "the same immutable object is handed out again"
+    assert torch.device("cpu") == CPU and torch.device("cuda", 1) == made
+    assert torch.device(type="cuda", index=2) == torch._C.device("cuda", 2)
+    with pytest.raises(RuntimeError, match="Invalid device string"):
+        torch.device("cuda:x")
+    with pytest.raises(TypeError):
+        torch.device()
+    with pytest.raises(TypeError):
+        torch.device(["cuda"])  # unhashable: torch's own error
+
+
+def test_torch_device_cache_is_bounded(patched):
+    from torchdevice.ops.device import redirect
+
+    first = [torch.device(f"cuda:{i}") for i in range(redirect._DEVICE_CACHE_LIMIT + 50)]
+    again = [torch.device(f"cuda:{i}") for i in range(redirect._DEVICE_CACHE_LIMIT + 50)]
+    assert first == again
+    cached = sum(a is b for a, b in zip(first, again))
+    assert cached == redirect._DEVICE_CACHE_LIMIT

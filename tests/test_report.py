@@ -400,3 +400,88 @@ def test_alternating_asks_at_one_instruction_are_counted_apart(recording):
     rows = rows_for(recording(), "torch.zeros")
     assert sorted((r["line"], r["asked"], r["count"]) for r in rows) == [
         (line_of("site: alternating"), "cuda:0", 2), (line_of("site: alternating"), "cuda:1", 3)]
+
+
+def test_hot_wrappers_record_in_their_own_frame(recording):
+    # Factories, Tensor.to and Tensor.cuda are built from their recording variants: one Python
+    # frame per call, whose __wrapped__ is the wrapper installed when the report is off.
+    from torchdevice.ops.device import redirect
+
+    call = type(torch.device).__call__
+    assert call.__code__.co_filename == redirect.__file__ and torch.device._torchdevice_recorder is not None
+    for fn in (torch.zeros, torch.Tensor.to, torch.Tensor.cuda):
+        assert fn._torchdevice_recorder is not None
+        assert fn.__code__.co_filename == redirect.__file__, fn
+        plain = fn.__wrapped__
+        assert plain.__code__.co_filename == redirect.__file__ and plain.__code__ is not fn.__code__
+        assert not hasattr(plain, "_torchdevice_recorder")
+    seen = []
+
+    class Probe(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func.__name__ == "to":
+                frame = sys._getframe(1)
+                seen.append(frame.f_back.f_code.co_filename)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    torch.zeros(1).as_subclass(Probe).to("cuda")
+    assert seen == [HERE], "the wrapper's caller is this file: no recorder frame between"
+
+
+def test_recording_variants_count_what_was_asked(recording):
+    x = torch.ones(2)
+    cuda1 = torch.device("cuda", 1)  # site: fused device pair
+    for spec in ["cuda", cuda1, "cuda", cuda1, "cuda"]:
+        x.to(spec)  # site: fused to alternating
+    for _ in range(3):
+        x.to(device="cuda:0")  # site: fused to keyword
+        x.to(torch.float64)  # site: fused to dtype
+        x.to(torch.ones(1, dtype=torch.float16))  # site: fused to tensor
+        x.to("cpu")  # site: fused to cpu
+        x.cuda()  # site: fused cuda
+        x.cuda(1)  # site: fused cuda index
+        torch.ones(1, device=0)  # site: fused ones index
+        torch.ones(1, device=torch.device("cpu"))  # site: fused ones cpu
+        torch.device("cuda:1")  # site: fused device string
+        torch.device(2)  # site: fused device index
+    assert torch.device(type="cuda") == torch._C.device("cuda")  # site: fused device keyword
+    rows = recording()["calls"]
+    got = sorted((r["api"], r["line"], r["asked"], r["count"]) for r in rows if r["file"] == HERE)
+    assert got == sorted([
+        ("torch.device", line_of("site: fused device pair"), "cuda:1", 1),
+        ("torch.device", line_of("site: fused device string"), "cuda:1", 3),
+        ("torch.device", line_of("site: fused device index"), "cuda:2", 3),
+        ("torch.device", line_of("site: fused device keyword"), "cuda", 1),
+        ("Tensor.to", line_of("site: fused to alternating"), "cuda", 3),
+        ("Tensor.to", line_of("site: fused to alternating"), "cuda:1", 2),
+        ("Tensor.to", line_of("site: fused to keyword"), "cuda:0", 3),
+        ("Tensor.cuda", line_of("site: fused cuda"), "cuda", 3),
+        ("Tensor.cuda", line_of("site: fused cuda index"), "cuda:1", 3),
+        ("torch.ones", line_of("site: fused ones index"), "cuda:0", 3),
+    ])
+
+
+def test_report_caches_hold_no_tensors(recording):
+    import gc
+    import weakref
+
+    x = torch.ones(2)
+    other = torch.ones(1, dtype=torch.float16)
+    ref = weakref.ref(other)
+    for _ in range(3):
+        x.to(other)
+        report._asked_device(other)
+    del other
+    gc.collect()
+    assert ref() is None, "a tensor passed as a device argument is kept alive by the report"
+    assert all(type(spec) in report._HOLDABLE for spec in report._SPEC_CACHE)
+
+
+def test_recording_tensor_to_passes_the_call_shape_through(recording):
+    from test_hot_paths import TO_CASES, Recorder
+
+    for call, args, kwargs in TO_CASES:
+        Recorder.calls.clear()
+        call(torch.zeros(2).as_subclass(Recorder))
+        assert Recorder.calls == [(args, kwargs)]

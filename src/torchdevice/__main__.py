@@ -137,6 +137,24 @@ def main(argv=None) -> int:
 
 
 def _coverage(options) -> int:
+    from . import _cli_cache
+
+    form = "markdown" if options.markdown else "json" if options.json else "text"
+    name = _cli_cache.key(f"coverage-{form}")  # None when torch is imported or its build needs the hardware
+    text = _cli_cache.load(name)
+    if text is None:
+        text = _coverage_text(form)
+        if text is None:
+            print(f"{PROG} coverage: the torch.cuda coverage table is not part of this build of torchdevice",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        _cli_cache.store(name, text)
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _coverage_text(form):
+    """The output of ``coverage`` in ``form`` (text, json, markdown); None without the coverage module."""
     import importlib
 
     # Import torch first: if autoload is armed, torchdevice activates now and
@@ -148,24 +166,19 @@ def _coverage(options) -> int:
     except ModuleNotFoundError as exc:
         if exc.name not in ("torchdevice.coverage",):
             raise
-        print(f"{PROG} coverage: the torch.cuda coverage table is not part of this build of torchdevice",
-              file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    if options.markdown:
-        sys.stdout.write(coverage.render_markdown())
-        return EXIT_OK
+        return None
+    if form == "markdown":
+        return coverage.render_markdown()
     rows = list(coverage.coverage_rows())
-    if options.json:
+    if form == "json":
         import json
 
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    sys.stdout.write(render_rows(rows))
+        return json.dumps(rows, indent=2) + "\n"
     counts = {}
     for row in rows:
         counts[row["kind"]] = counts.get(row["kind"], 0) + 1
-    print(f"\n{len(rows)} names: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
-    return EXIT_OK
+    return render_rows(rows) + f"\n{len(rows)} names: " + ", ".join(
+        f"{n} {kind}" for kind, n in sorted(counts.items())) + "\n"
 
 
 def render_rows(rows) -> str:

@@ -96,12 +96,7 @@ def _hardware(torch):
     except Exception as exc:  # a broken driver: say so rather than fail
         cuda_devices = [f"error: {type(exc).__name__}: {exc}"]
     mps = getattr(torch.backends, "mps", None)
-    return {
-        "cuda_devices": cuda_devices,
-        "mps_available": bool(mps is not None and mps.is_available()),
-        "cpu": f"{platform.machine() or 'unknown'}, {os.cpu_count()} logical cores",
-        "platform": platform.platform(),
-    }
+    return {"cuda_devices": cuda_devices, "mps_available": bool(mps is not None and mps.is_available())}
 
 
 def _variables(environ=None):
@@ -117,12 +112,41 @@ def _variables(environ=None):
 
 
 def collect():
-    """Everything ``info`` shows, as a JSON-ready dict. Imports torch."""
-    from . import __version__
+    """Everything ``info`` shows, as a JSON-ready dict.
+
+    The torch-dependent part (build, what torch detects, target, patch areas)
+    imports torch, unless a stored answer for this exact torch build,
+    torchdevice code and configuration exists (``_cli_cache``).
+    """
+    from . import __version__, _cli_cache
     from .core import config
 
     start = autoload_state()
     cfg = config.load()  # raises ConfigError for a bad value, before torch loads
+    name = _cli_cache.key("info")
+    part = _cli_cache.load(name)
+    if part is None:
+        part = _torch_part()
+        _cli_cache.store(name, part)
+    hardware = dict(part["hardware"])
+    hardware.update({"cpu": f"{platform.machine() or 'unknown'}, {os.cpu_count()} logical cores",
+                     "platform": platform.platform()})
+    return {
+        "torchdevice": __version__,
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "torch": part["torch"],
+        "hardware": hardware,
+        "autoload": start,
+        "activated_by": part["activated_by"],
+        "target": part["target"],
+        "config": _variables(),
+        "strict": cfg.strict,
+        "areas": part["areas"],
+    }
+
+
+def _torch_part():
+    """The sections of ``info`` that need torch (imports it, and activates torchdevice if autoload did not)."""
     import torch
 
     import torchdevice
@@ -134,15 +158,10 @@ def collect():
         activated_by = "info"
     status = torchdevice.status()
     return {
-        "torchdevice": __version__,
-        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "torch": _torch_build(torch),
         "hardware": _hardware(torch),
-        "autoload": start,
         "activated_by": activated_by,
         "target": {"device": status["target"], "redirect": status["redirect"], "reason": status["reason"]},
-        "config": _variables(),
-        "strict": cfg.strict,
         "areas": status["areas"],
     }
 

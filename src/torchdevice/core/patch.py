@@ -83,7 +83,7 @@ MARK = "__torchdevice_patch__"
 # The migration report's apply-time hook (core/report.py), set by activate()
 # only when TORCHDEVICE_REPORT is on: it wraps each replacement in a call-site
 # recorder. While it is None, exactly the objects make() returned are installed.
-_report_hook: Optional[Callable[[Any, Any, Any, Any], Any]] = None
+_report_hook: Optional[Callable[[Any, Any, Any, Any, Any], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ class Patch:
     ``status()``. With ``key``, the owner is a dict and ``key()`` names the entry.
     ``kind`` classifies the replacement for the coverage table; ``note`` says in
     a few words what it does there.
+
+    ``recording`` is used only when the migration report is on:
+    ``recording(original, site)`` returns the same replacement as ``make`` with
+    the report's call-site counting built in (one Python frame per call instead
+    of a recorder around the replacement). It must pass ``site.seen`` exactly
+    the ``device`` argument the report reads for this API (core/report.py).
     """
 
     owner: str
@@ -106,6 +112,7 @@ class Patch:
     create: bool = False
     key: Optional[Callable[[], Hashable]] = None
     note: str = ""
+    recording: Optional[Callable[[Any, Any], Any]] = None
 
     @property
     def target(self) -> str:
@@ -296,7 +303,7 @@ class Registry:
             raise RuntimeError(f"{record.target} is already patched by another record ({other.record.target})")
         replacement = record.make(original)
         if _report_hook is not None:
-            replacement = _report_hook(record, owner, raw, replacement)
+            replacement = _report_hook(record, owner, raw, replacement, original)
         _mark(replacement, original)
         stored = staticmethod(replacement) if isinstance(raw, staticmethod) else replacement
         if record.key is not None:

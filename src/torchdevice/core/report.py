@@ -9,13 +9,18 @@ replacement as it applies it, and only when the report is on. The hook wraps
 the replacement in a recorder; when the report is off, this module is never
 imported and the very objects the area modules built are installed.
 
-How it stays cheap when on: a recorder first extracts what the call asked for
-(a CUDA device spec, through a small cache); calls that ask for nothing CUDA
-cost one extraction. A redirected call reads the caller's frame
-(``sys._getframe``), looks the caller's instruction offset up in the API's own
-table, checks the cached code object and asked value by identity, and advances
-an ``itertools.count`` (atomic in CPython); on a mismatch a second table keyed
-by ``(id(code), offset, asked)`` decides. Only
+How it stays cheap when on: the hottest wrappers (factories, ``Tensor.to``,
+``Tensor.cuda``) have a recording variant of their own (``Patch.recording``):
+the hook builds it instead of stacking a recorder, so a call runs one Python
+frame, and the device argument the wrapper maps anyway is what is recorded. It
+reads the caller's frame (``sys._getframe``), looks the caller's instruction
+offset up in the API's own table, checks the cached code object and the device
+argument by identity, and advances an ``itertools.count`` (atomic in CPython);
+anything else goes to ``_Site.seen``. Other replacements get a recorder around
+them, which first extracts what the call asked for (a CUDA device spec, through
+a small cache; calls that ask for nothing CUDA cost one extraction), then does
+the same with the asked value. On a mismatch a second table keyed by
+``(id(code), offset, asked)`` decides. Only
 the first call from a site classifies frames (core/sites.py) and walks the stack
 to the user's own frame when torch called on the user's behalf (``model.cuda()``
 calling ``Tensor.cuda`` per parameter). Line numbers are computed at exit.
@@ -50,7 +55,7 @@ import types
 import uuid
 
 from . import sites
-from .patch import UNSUPPORTED
+from .patch import MISSING, UNSUPPORTED
 
 SCHEMA = "torchdevice.report/1"
 SPOOL_ENV = "_TORCHDEVICE_REPORT_SPOOL"
@@ -109,6 +114,10 @@ _state = None
 _apis = []
 _SPEC_CACHE = {}  # raw device spec -> "cuda"/"cuda:N", or None when it names no CUDA device
 _SPEC_CACHE_LIMIT = 1024
+# Types of device arguments that may be held by the caches (immutable values;
+# torch.device and torch.dtype are added when the first hook runs, torch being
+# imported then). Anything else (a tensor passed to Tensor.to) is never kept alive.
+_HOLDABLE = {str, int, type(None)}
 _KEEP = {}  # id(code) -> code, for the code objects the API tables are keyed by
 
 
@@ -209,10 +218,18 @@ def discard():
 
 
 # -- the registry hook ----------------------------------------------------------------
-def hook(record, owner, raw, replacement):
-    """Wrap ``replacement`` in a recorder (called by the registry at apply time)."""
+def hook(record, owner, raw, replacement, original=None):
+    """Wrap ``replacement`` in a recorder (called by the registry at apply time).
+
+    A record with a ``recording`` variant gets that variant instead (built from
+    ``original``), when the report reads this API's ``device`` argument only.
+    """
     from . import device as _device
 
+    if len(_HOLDABLE) == 3:
+        import torch
+
+        _HOLDABLE.update((torch._C.device, torch.dtype))
     target = _device.current()
     used = "" if target is None else str(target.device)
     is_class = isinstance(owner, type)
@@ -232,6 +249,14 @@ def hook(record, owner, raw, replacement):
     if plan is None:
         return replacement  # takes no device and is not a CUDA API: never a redirection
     _apis.append(api)
+    recording = getattr(record, "recording", None)
+    if (recording is not None and original is not None and original is not MISSING and api.kind != UNSUPPORTED
+            and (plan[0] == "func" or (plan[0] == "slot" and plan[1][1] == "device"))):
+        default = plan[1][2] if plan[0] == "slot" else None
+        fused = recording(original, _Site(api, default, _plan_function(plan)))
+        fused._torchdevice_recorder = api
+        fused.__wrapped__ = replacement  # what is installed with the report off
+        return fused
     try:
         if isinstance(replacement, type):
             return _wrap_class(replacement, api, _plan_function(plan), record, is_class)
@@ -260,7 +285,7 @@ def _asked_device(spec):
         return _describe_unhashable(spec)
     if asked is _MISS:
         asked = _norm_device(spec)
-        if len(_SPEC_CACHE) < _SPEC_CACHE_LIMIT:
+        if len(_SPEC_CACHE) < _SPEC_CACHE_LIMIT and type(spec) in _HOLDABLE:
             _SPEC_CACHE[spec] = asked
     return asked
 
@@ -414,9 +439,7 @@ _SPECIAL = {
 def _site_key(api, frame, asked):
     """(entry key, via, cacheable) for a call from ``frame``; key None: do not record."""
     code = frame.f_code
-    kind = sites.CODE_CLASS.get(code)
-    if kind is None:
-        kind = sites.classify(code)
+    kind = sites.classify(code)
     if kind == sites.USER:
         return (code, frame.f_lasti, api, asked), None, True
     if kind == sites.LIBRARY and api.direct_only:
@@ -428,46 +451,119 @@ def _site_key(api, frame, asked):
 
 
 def _counter(api, frame, asked):
-    """Slow path: the counter for a call not seen from this instruction before."""
+    """Slow path: (counter, cacheable) for a call not seen from this instruction before.
+
+    ``cacheable``: the counter depends only on the calling instruction (and the
+    asked value), not on the frames above it, so the fast tables may keep it.
+    ``api.table`` maps a user site (id(code), offset, asked) to its counter; a
+    call that torch made on the user's behalf walks the stack to the user's
+    frame and finds the counter there.
+    """
     state = _state
     if state is None:
-        return _NULL
-    key, via, cacheable = _site_key(api, frame, asked)
-    counter = _NULL
-    if key is not None:
-        with _lock:
-            counter = state.entries.get(key)
-            if counter is None:
-                if len(state.entries) >= MAX_SITES:
-                    state.dropped += 1
-                    return _NULL
-                counter = state.entries[key] = itertools.count()
-                state.via[key] = via
-    if cacheable:
-        # Keyed by id(): hashing a code object hashes its contents. _KEEP holds
-        # the code object, so that its id cannot be reused while cached.
-        _KEEP[id(frame.f_code)] = frame.f_code
-        api.table[(id(frame.f_code), frame.f_lasti, asked)] = counter
-        if len(api.fast) < MAX_SITES:
-            api.fast[frame.f_lasti] = (frame.f_code, asked, counter)
-    return counter
+        return _NULL, False
+    code = frame.f_code
+    kind = sites.classify(code)
+    below = None
+    if kind == sites.USER:
+        user, cacheable = frame, True
+    elif kind == sites.LIBRARY and api.direct_only:
+        # torch calling its own CUDA API: not the program's call, whoever called torch
+        _KEEP[id(code)] = code
+        api.table[(id(code), frame.f_lasti, asked)] = _NULL
+        return _NULL, True
+    else:
+        user, below = sites.user_frame(frame)
+        if user is None:
+            return _NULL, False
+        cacheable = False
+        counter = api.table.get((id(user.f_code), user.f_lasti, asked))
+        if counter is not None:
+            return counter, False
+    key = (user.f_code, user.f_lasti, api, asked)
+    with _lock:
+        counter = state.entries.get(key)
+        if counter is None:
+            if len(state.entries) >= MAX_SITES:
+                state.dropped += 1
+                return _NULL, False
+            counter = state.entries[key] = itertools.count()
+            state.via[key] = None if below is None else sites.function_name(below)
+    # Keyed by id(): hashing a code object hashes its contents. _KEEP holds
+    # the code object, so that its id cannot be reused while cached.
+    _KEEP[id(user.f_code)] = user.f_code
+    api.table[(id(user.f_code), user.f_lasti, asked)] = counter
+    return counter, cacheable
 
 
 def _slow_next(api, frame, asked):
     """Count a call whose (code, offset, asked) is not the one cached for its offset."""
     counter = api.table.get((id(frame.f_code), frame.f_lasti, asked))
+    cacheable = True
     if counter is None:
-        counter = _counter(api, frame, asked)
-    elif len(api.fast) < MAX_SITES:
+        counter, cacheable = _counter(api, frame, asked)
+    if cacheable and len(api.fast) < MAX_SITES:
         api.fast[frame.f_lasti] = (frame.f_code, asked, counter)
     next(counter)
+
+
+class _Site:
+    """What a recording variant of a wrapper (``Patch.recording``) counts with.
+
+    Per call the variant does, inline::
+
+        frame = getframe(1)
+        code, seen, counter = fast_get(frame.f_lasti, EMPTY)
+        if code is frame.f_code and seen is spec:
+            next(counter)
+        else:
+            site.seen(frame, spec)
+
+    where ``spec`` is the call's ``device`` argument as given (None when absent).
+    ``fast`` maps an instruction offset to the last (code, spec, counter) seen
+    there; calls whose spec names no CUDA device get a counter that counts nothing.
+    Calls of other shapes go to ``site.seen_call(frame, args, kwargs)``, which
+    reads them as the stacked recorder would.
+    """
+
+    __slots__ = ("api", "fast", "default", "extract")
+    EMPTY = (None, None, None)
+
+    def __init__(self, api, default, extract):
+        self.api = api
+        self.fast = api.fast
+        self.default = default  # what a call without a CUDA spec asked for (Tensor.cuda: "cuda")
+        self.extract = extract  # extract(args, kwargs) -> asked or None, for seen_call
+
+    def seen_call(self, frame, args, kwargs):
+        """Count a call from its arguments (no fast-table entry: the shapes vary)."""
+        asked = self.extract(args, kwargs)
+        if asked is not None:
+            _slow_next(self.api, frame, asked)
+
+    def seen(self, frame, spec):
+        """Count a call that ``fast`` does not answer, and remember its site when that is exact."""
+        api = self.api
+        asked = None if spec is None else _asked_device(spec)
+        if asked is None:
+            asked = self.default
+        cacheable = True
+        if asked is None:
+            counter = _NULL
+        else:
+            counter = api.table.get((id(frame.f_code), frame.f_lasti, asked))
+            if counter is None:
+                counter, cacheable = _counter(api, frame, asked)
+        if cacheable and type(spec) in _HOLDABLE and len(api.fast) < MAX_SITES:
+            api.fast[frame.f_lasti] = (frame.f_code, spec, counter)
+        next(counter)
 
 
 def _record_error(api, frame, asked, exc):
     state = _state
     if state is None:
         return
-    next(_counter(api, frame, asked))
+    next(_counter(api, frame, asked)[0])
     key, _, _ = _site_key(api, frame, asked)
     if key is not None and key in state.entries:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]

@@ -1,7 +1,9 @@
 """Which stack frames are the user's own code: the call sites of reports and warnings.
 
 A frame is classified by the file its code object comes from, once per code
-object (the answer is cached in ``CODE_CLASS``):
+object (the answer is cached in ``CODE_CLASS``, keyed by ``id(code)``: hashing a
+code object hashes its contents, about 200 ns; each entry holds its code object,
+so that the id cannot be reused while cached):
 
 * ``LIBRARY``: torch (with its sibling packages functorch and torchgen) and
   torchdevice itself;
@@ -26,8 +28,8 @@ USER = 0
 LIBRARY = 1
 STDLIB = 2
 
-# code object -> USER / LIBRARY / STDLIB. Grows with the number of distinct
-# functions seen on call-site paths, which is bounded by the program's code.
+# id(code object) -> (code object, USER / LIBRARY / STDLIB). Grows with the number
+# of distinct functions seen on call-site paths, which is bounded by the program's code.
 CODE_CLASS = {}
 _prefixes = None  # (library prefixes, stdlib prefixes, site-packages prefixes)
 _prefixes_know_torch = False
@@ -88,10 +90,12 @@ def classify_file(filename: str) -> int:
 
 def classify(code) -> int:
     """The class of a code object (cached)."""
-    kind = CODE_CLASS.get(code)
-    if kind is None:
-        kind = CODE_CLASS[code] = classify_file(code.co_filename)
-    return kind
+    entry = CODE_CLASS.get(id(code))
+    if entry is None:
+        kind = classify_file(code.co_filename)  # may clear CODE_CLASS: insert after
+        CODE_CLASS[id(code)] = (code, kind)
+        return kind
+    return entry[1]
 
 
 def function_name(frame) -> str:
@@ -108,14 +112,19 @@ def user_site(frame):
     ``module:qualname`` of the library function the user frame called. Returns
     ``(None, None)`` when no frame on the stack is user code.
     """
+    user, below = user_frame(frame)
+    return user, (None if below is None else function_name(below))
+
+
+def user_frame(frame):
+    """(user frame, library frame it called or None): ``user_site`` without naming the function."""
     below = None
     while frame is not None:
         code = frame.f_code
-        kind = CODE_CLASS.get(code)
-        if kind is None:
-            kind = classify(code)
+        entry = CODE_CLASS.get(id(code))
+        kind = classify(code) if entry is None else entry[1]
         if kind == USER:
-            return frame, (None if below is None else function_name(below))
+            return frame, below
         if kind == LIBRARY:
             below = frame
         frame = frame.f_back

@@ -24,6 +24,12 @@ What it patches (all through core/patch.py):
 
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
+
+With the migration report on (core/report.py), factories, ``Tensor.to`` and
+``Tensor.cuda`` are built from their ``_recording_*`` variants instead: the
+same code with the report's call-site count inlined where the device argument
+is mapped. The plain wrappers are what is installed with the report off, and
+are never slowed by it.
 """
 import dataclasses
 import functools
@@ -109,45 +115,89 @@ def scan_device_functions():
 
 
 # -- wrappers -------------------------------------------------------------------
+_NO_ARG = object()  # "not passed" (None is a value callers pass)
+
 # The wrappers below sit on hot paths (docs/performance.md). Their shape is
 # measured, not incidental: they read DEVICE_CACHE by subscript (misses, the
-# rare case, go through map_device), test ``"device" in kwargs`` instead of
-# calling ``kwargs.get``, and call the original without ``*``/``**``
-# unpacking where the call allows it.
+# rare case, go through map_device), take the arguments they look at as
+# parameters of their own (a keyword-only ``device``; Tensor.to's first
+# argument and ``non_blocking``) instead of searching ``*args``/``**kwargs``,
+# and call the original without ``*``/``**`` unpacking where the call allows it.
 def _factory(original, strip_pin_memory):
     cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
+    # ``device`` is a keyword-only parameter: a call that passes it builds no dict for
+    # the wrapper to search and update (about 70 ns less per call than ``**kwargs`` alone;
+    # a call without it pays about 20 ns for the default, docs/performance.md).
     if strip_pin_memory:
-        def factory(*args, **kwargs):
+        def factory(*args, device=_NO_ARG, **kwargs):
+            if kwargs and "pin_memory" in kwargs and kwargs["pin_memory"]:
+                kwargs["pin_memory"] = False  # the target has no page-locked host memory
+            if device is not _NO_ARG:
+                if device is not None:
+                    try:
+                        device = cache[device]
+                    except (KeyError, TypeError):
+                        device = resolve(device)
+                if kwargs:
+                    return original(*args, device=device, **kwargs)
+                return original(*args, device=device)
             if kwargs:
-                if "device" in kwargs:
-                    spec = kwargs["device"]
-                    if spec is not None:
-                        try:
-                            kwargs["device"] = cache[spec]
-                        except (KeyError, TypeError):
-                            kwargs["device"] = resolve(spec)
-                if "pin_memory" in kwargs and kwargs["pin_memory"]:
-                    kwargs["pin_memory"] = False  # the target has no page-locked host memory
                 return original(*args, **kwargs)
             return original(*args)
     else:
-        def factory(*args, **kwargs):
+        def factory(*args, device=_NO_ARG, **kwargs):
+            if device is not _NO_ARG:
+                if device is not None:
+                    try:
+                        device = cache[device]
+                    except (KeyError, TypeError):
+                        device = resolve(device)
+                if kwargs:
+                    return original(*args, device=device, **kwargs)
+                return original(*args, device=device)
             if kwargs:
-                if "device" in kwargs:
-                    spec = kwargs["device"]
-                    if spec is not None:
-                        try:
-                            kwargs["device"] = cache[spec]
-                        except (KeyError, TypeError):
-                            kwargs["device"] = resolve(spec)
                 return original(*args, **kwargs)
             return original(*args)
     return functools.wraps(original)(factory)
 
 
-_NO_ARG = object()
+def _recording_factory(strip_pin_memory):
+    """``Patch.recording`` for ``_factory``: the same wrapper, counting calls that map a device."""
+    def recording(original, site):
+        cache = _device.DEVICE_CACHE
+        resolve = _device.map_device
+        getframe = sys._getframe
+        fast_get = site.fast.get
+        seen = site.seen
+        empty = site.EMPTY
+
+        def factory(*args, device=_NO_ARG, **kwargs):
+            if strip_pin_memory and kwargs and "pin_memory" in kwargs and kwargs["pin_memory"]:
+                kwargs["pin_memory"] = False  # the target has no page-locked host memory
+            if device is not _NO_ARG:
+                if device is not None:
+                    try:
+                        mapped = cache[device]
+                    except (KeyError, TypeError):
+                        mapped = resolve(device)
+                    if mapped is not device:  # only a spec that was mapped can ask for CUDA
+                        frame = getframe(1)
+                        code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                        if code is frame.f_code and seen_spec is device:
+                            next(counter)
+                        else:
+                            seen(frame, device)
+                    device = mapped
+                if kwargs:
+                    return original(*args, device=device, **kwargs)
+                return original(*args, device=device)
+            if kwargs:
+                return original(*args, **kwargs)
+            return original(*args)
+        return functools.wraps(original)(factory)
+    return recording
 
 
 def _tensor_to(original):
@@ -155,8 +205,11 @@ def _tensor_to(original):
     resolve = _device.map_device
 
     # The first positional argument gets its own parameter: binding it costs less than
-    # building and measuring an ``*args`` tuple, and t.to(x) is the common call.
-    def to(self, _first_arg=_NO_ARG, *rest, **kwargs):
+    # building and measuring an ``*args`` tuple, and t.to(x) is the common call. ``device``
+    # and ``non_blocking`` are keyword-only parameters for the same reason: t.to(device=...)
+    # and t.to(x, non_blocking=True) then build no dict. Each is passed on as it came
+    # (positionally or by keyword), so tensor subclasses see the call shape the program made.
+    def to(self, _first_arg=_NO_ARG, *rest, device=_NO_ARG, non_blocking=_NO_ARG, **kwargs):
         if _first_arg is not _NO_ARG:
             try:
                 mapped = cache[_first_arg]  # devices, device strings and dtypes are all cached
@@ -164,32 +217,97 @@ def _tensor_to(original):
                 mapped = resolve(_first_arg)
             except TypeError:
                 mapped = _first_arg
-            if not kwargs:
+            if not kwargs and device is _NO_ARG:
                 if not rest:
-                    return original(self, mapped)
-                return original(self, mapped, *rest)
-            if not rest:
-                if len(kwargs) == 1 and "non_blocking" in kwargs:  # x.to(device, non_blocking=True)
-                    return original(self, mapped, non_blocking=kwargs["non_blocking"])
-                if "device" not in kwargs:
-                    return original(self, mapped, **kwargs)
-            if "device" in kwargs:  # an invalid combination: let torch say so, about the mapped device
-                spec = kwargs["device"]
-                if spec is not None:
-                    kwargs["device"] = resolve(spec)
-            return original(self, mapped, *rest, **kwargs)
-        if "device" in kwargs:
-            spec = kwargs.pop("device")
-            if spec is not None:
+                    if non_blocking is _NO_ARG:
+                        return original(self, mapped)
+                    return original(self, mapped, non_blocking=non_blocking)  # x.to(device, non_blocking=True)
+                if non_blocking is _NO_ARG:
+                    return original(self, mapped, *rest)
+            return _to_general(original, self, mapped, rest, device, non_blocking, kwargs)
+        if device is not _NO_ARG:
+            if device is not None:
                 try:
-                    spec = cache[spec]
+                    device = cache[device]
                 except (KeyError, TypeError):
-                    spec = resolve(spec)
+                    device = resolve(device)
             if not kwargs:
-                return original(self, device=spec)
-            if len(kwargs) == 1 and "non_blocking" in kwargs:
-                return original(self, device=spec, non_blocking=kwargs["non_blocking"])
-            return original(self, device=spec, **kwargs)
+                if non_blocking is _NO_ARG:
+                    return original(self, device=device)
+                return original(self, device=device, non_blocking=non_blocking)
+            if non_blocking is not _NO_ARG:
+                kwargs["non_blocking"] = non_blocking
+            return original(self, device=device, **kwargs)
+        if non_blocking is not _NO_ARG:
+            kwargs["non_blocking"] = non_blocking
+        return original(self, **kwargs)
+    return functools.wraps(original)(to)
+
+
+def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
+    """Tensor.to with a first argument and further keywords (the uncommon shapes)."""
+    if non_blocking is not _NO_ARG:
+        kwargs["non_blocking"] = non_blocking
+    if device is not _NO_ARG:  # an invalid combination: let torch say so, about the mapped device
+        kwargs["device"] = device if device is None else _device.map_device(device)
+    return original(self, mapped, *rest, **kwargs)
+
+
+def _recording_tensor_to(original, site):
+    """``Patch.recording`` for ``_tensor_to``: the same wrapper, counting calls that map a device."""
+    cache = _device.DEVICE_CACHE
+    resolve = _device.map_device
+    getframe = sys._getframe
+    fast_get = site.fast.get
+    seen = site.seen
+    empty = site.EMPTY
+
+    def to(self, _first_arg=_NO_ARG, *rest, device=_NO_ARG, non_blocking=_NO_ARG, **kwargs):
+        if _first_arg is not _NO_ARG:
+            try:
+                mapped = cache[_first_arg]
+            except KeyError:
+                mapped = resolve(_first_arg)
+            except TypeError:
+                mapped = _first_arg
+            if mapped is not _first_arg:  # dtypes, tensors and non-CUDA device objects map to themselves
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first_arg:
+                    next(counter)
+                else:
+                    seen(frame, _first_arg)
+            if not kwargs and device is _NO_ARG:
+                if not rest:
+                    if non_blocking is _NO_ARG:
+                        return original(self, mapped)
+                    return original(self, mapped, non_blocking=non_blocking)
+                if non_blocking is _NO_ARG:
+                    return original(self, mapped, *rest)
+            return _to_general(original, self, mapped, rest, device, non_blocking, kwargs)
+        if device is not _NO_ARG:
+            if device is not None:
+                try:
+                    mapped = cache[device]
+                except (KeyError, TypeError):
+                    mapped = resolve(device)
+                if mapped is not device:
+                    frame = getframe(1)
+                    code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                    if code is frame.f_code and seen_spec is device:
+                        next(counter)
+                    else:
+                        seen(frame, device)
+                device = mapped
+            if not kwargs:
+                if non_blocking is _NO_ARG:
+                    return original(self, device=device)
+                return original(self, device=device, non_blocking=non_blocking)
+            if non_blocking is not _NO_ARG:
+                kwargs["non_blocking"] = non_blocking
+            return original(self, device=device, **kwargs)
+        if non_blocking is not _NO_ARG:
+            kwargs["non_blocking"] = non_blocking
         return original(self, **kwargs)
     return functools.wraps(original)(to)
 
@@ -205,13 +323,37 @@ def _check_cuda_arg(api, spec):
         raise RuntimeError(f"{api}: Invalid device, must be cuda device (got {torch_spec!r})")
 
 
+def _modes_check():
+    """torch's "is a torch function mode active" test, or None where this torch lacks it."""
+    return getattr(torch._C, "_is_torch_function_mode_enabled", None)
+
+
 def _tensor_cuda(target):
     preserve = torch.preserve_format
     to_cpu = torch._C.TensorBase.cpu
     to_device = torch._C.TensorBase.to
     target_device = target.device
+    plain, parameter = torch.Tensor, torch.nn.Parameter
+    modes_active = _modes_check()
 
-    if target.type == "cpu":
+    if target.type == "cpu" and modes_active is not None:
+        # t.cuda() on the CPU target is t.cpu(), which returns the tensor itself when it
+        # is a CPU tensor: no copy, no autograd node, no dispatch. The wrapper answers
+        # that without the C call (about 100 ns of argument parsing) where t.cpu() does
+        # nothing anyone could observe: an exact Tensor or Parameter (no subclass whose
+        # __torch_function__ would see the call), on the CPU, no torch function mode active.
+        def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            if device is None and memory_format is preserve:
+                kind = type(self)
+                if (kind is plain or kind is parameter) and self.is_cpu and not modes_active():
+                    return self
+                return to_cpu(self)
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            if memory_format is preserve:
+                return to_cpu(self)
+            return to_cpu(self, memory_format=memory_format)
+    elif target.type == "cpu":
         def cuda(self, device=None, non_blocking=False, memory_format=preserve):
             if device is None and memory_format is preserve:
                 return to_cpu(self)  # the common call, t.cuda(): one test, one call
@@ -227,6 +369,45 @@ def _tensor_cuda(target):
             return to_device(self, target_device, non_blocking=non_blocking, memory_format=memory_format)
     cuda.__doc__ = torch._C.TensorBase.cuda.__doc__
     return cuda
+
+
+def _recording_tensor_cuda(target):
+    """``Patch.recording`` for ``_tensor_cuda``: the same method, counting every call."""
+    def recording(original, site):
+        preserve = torch.preserve_format
+        to_cpu = torch._C.TensorBase.cpu
+        to_device = torch._C.TensorBase.to
+        target_device = target.device
+        on_cpu = target.type == "cpu"
+        plain, parameter = torch.Tensor, torch.nn.Parameter
+        modes_active = _modes_check() or (lambda: True)  # without the test: always the C call
+        getframe = sys._getframe
+        fast_get = site.fast.get
+        seen = site.seen
+        empty = site.EMPTY
+
+        def cuda(self, device=None, non_blocking=False, memory_format=preserve):
+            frame = getframe(1)
+            code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+            if code is frame.f_code and seen_spec is device:
+                next(counter)
+            else:
+                seen(frame, device)
+            if device is None and memory_format is preserve and on_cpu:
+                kind = type(self)  # as in _tensor_cuda
+                if (kind is plain or kind is parameter) and self.is_cpu and not modes_active():
+                    return self
+                return to_cpu(self)
+            if device is not None:
+                _check_cuda_arg("Tensor.cuda", device)
+            if on_cpu:
+                if memory_format is preserve:
+                    return to_cpu(self)
+                return to_cpu(self, memory_format=memory_format)
+            return to_device(self, target_device, non_blocking=non_blocking, memory_format=memory_format)
+        cuda.__doc__ = torch._C.TensorBase.cuda.__doc__
+        return cuda
+    return recording
 
 
 def _pin_memory(original):
@@ -332,16 +513,79 @@ def _stand_in(real, call, doc=None):
     return meta(real.__name__, (), namespace)
 
 
-def _device_type(original):
-    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+_DEVICE_CACHE_LIMIT = 256
 
-    def __call__(cls, *args, **kwargs):
-        if len(args) == 1 and not kwargs:
-            index = args[0]
-            if type(index) is int and index >= 0:
+
+def _device_type(original):
+    """torch.device's stand-in. torch.device objects are immutable (no attributes can be
+    set, ``with device:`` keeps no state on the object), so one object per device string
+    is made and handed out again: ``torch.device("cuda")`` costs a dict lookup instead
+    of parsing the string. Only exact ``str`` arguments are cached (a string never
+    compares equal to another type), at most ``_DEVICE_CACHE_LIMIT`` of them; invalid
+    strings raise torch's error and are not cached."""
+    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+    by_string = {}
+
+    def __call__(cls, _first=_NO_ARG, *args, **kwargs):
+        if not args and not kwargs:
+            kind = type(_first)
+            if kind is str:
+                try:
+                    return by_string[_first]
+                except KeyError:
+                    made = _RealDevice(_first)
+                    if len(by_string) < _DEVICE_CACHE_LIMIT:
+                        by_string[_first] = made
+                    return made
+            if kind is int and _first >= 0:
                 # A bare index names the current accelerator's device: CUDA, as on a GPU machine.
-                return cuda_devices[index] if index < 8 else _RealDevice("cuda", index)
-        return _RealDevice(*args, **kwargs)
+                return cuda_devices[_first] if _first < 8 else _RealDevice("cuda", _first)
+        if _first is _NO_ARG:
+            return _RealDevice(*args, **kwargs)
+        return _RealDevice(_first, *args, **kwargs)
+    return _stand_in(_RealDevice, __call__)
+
+
+def _recording_device_type(original, site):
+    """``Patch.recording`` for ``_device_type``: the same stand-in, counting CUDA devices made."""
+    cuda_devices = [_RealDevice("cuda", i) for i in range(8)]
+    by_string = {}
+    getframe = sys._getframe
+    fast_get = site.fast.get
+    seen = site.seen
+    seen_call = site.seen_call
+    empty = site.EMPTY
+
+    def __call__(cls, _first=_NO_ARG, *args, **kwargs):
+        if not args and not kwargs:
+            kind = type(_first)
+            if kind is str:
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first:
+                    next(counter)
+                else:
+                    seen(frame, _first)
+                try:
+                    return by_string[_first]
+                except KeyError:
+                    made = _RealDevice(_first)
+                    if len(by_string) < _DEVICE_CACHE_LIMIT:
+                        by_string[_first] = made
+                    return made
+            if kind is int and _first >= 0:
+                frame = getframe(1)
+                code, seen_spec, counter = fast_get(frame.f_lasti, empty)
+                if code is frame.f_code and seen_spec is _first:
+                    next(counter)
+                else:
+                    seen(frame, _first)
+                return cuda_devices[_first] if _first < 8 else _RealDevice("cuda", _first)
+        if _first is _NO_ARG:
+            seen_call(getframe(1), args, kwargs)
+            return _RealDevice(*args, **kwargs)
+        seen_call(getframe(1), (_first,) + args, kwargs)
+        return _RealDevice(_first, *args, **kwargs)
     return _stand_in(_RealDevice, __call__)
 
 
@@ -646,11 +890,11 @@ def records():
     target = _device.current()
     policy = None if target.float64 else _Float64Policy(target, active_config().mps_float64)
     out = [
-        Patch("torch", "device", _device_type, kind=EMULATED,
+        Patch("torch", "device", _device_type, kind=EMULATED, recording=_recording_device_type,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
-        Patch("torch.Tensor", "to", _tensor_to),
-        Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target)),
+        Patch("torch.Tensor", "to", _tensor_to, recording=_recording_tensor_to),
+        Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target), recording=_recording_tensor_cuda(target)),
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
         Patch("torch.Tensor", "is_pinned", _is_pinned, kind=NOOP, note="False: no pinned memory on the target"),
@@ -666,7 +910,9 @@ def records():
         Patch("torch.serialization", "load", _load),
     ]
     for owner, name, pin in device_functions():
-        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=pin and not target.pinned_memory)))
+        strip = pin and not target.pinned_memory
+        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip),
+                         recording=_recording_factory(strip)))
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
@@ -688,7 +934,10 @@ def _with_float64_policy(out, policy):
             outer = _narrow_cuda(policy)
         elif record.name == "load":
             outer = _narrow_load(policy)
-        layered.append(record if outer is None else dataclasses.replace(record, make=_compose(outer, record.make)))
+        # The float64 layer sits above the wrapper, so the report wraps the layered result instead of
+        # using the wrapper's recording variant (whose caller frame would be the layer's).
+        layered.append(record if outer is None else dataclasses.replace(record, make=_compose(outer, record.make),
+                                                                         recording=None))
     return layered
 
 
