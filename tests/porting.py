@@ -104,7 +104,8 @@ _NATIVE_NOTICES = re.compile("|".join([
     r"^\S*multiprocessing/resource_tracker\.py:\d+: UserWarning: resource_tracker: .*\n^\s+warnings\.warn\(.*\n",
     # torch's CUDA builds, from torch.utils.cpp_extension (imported by torch.compile), when a CUDA
     # toolkit is installed but no GPU runs.
-    r"^No CUDA runtime is found, using CUDA_HOME=.*\n",
+    # (torch >= 2.8 logs it with a glog-style prefix: "W1125 01:14:37.730000 28796 torch/...:118] [0/0] ")
+    r"^(?:[IWE]\d{4} [\d:.]+ \d+ \S+\] (?:\[[\d/]+\] )?)?No CUDA runtime is found, using CUDA_HOME=.*\n",
     # torch 2.4 and 2.5 on torch.load without weights_only, shown at the program's own line (a line
     # naming torchdevice would mean the wrapper hid the caller: not removed).
     r"^(?!.*torchdevice)\S+:\d+: FutureWarning: You are using `torch\.load` with `weights_only=False`.*\n"
