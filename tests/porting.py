@@ -90,7 +90,9 @@ def torchrun(python, program, nproc, *args, env=None, cwd=None, timeout=180):
     command = [*launcher, str(path), *map(str, args)]
     env = env if env is not None else program_env()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    if result.returncode != 0 and TEARDOWN_CRASH in result.stderr and "Traceback" not in result.stderr:
+    # The only traceback allowed is the launcher's own report of the aborted rank.
+    program_traceback = result.stderr.count("Traceback") > result.stderr.count("ChildFailedError:")
+    if result.returncode != 0 and TEARDOWN_CRASH in result.stderr and not program_traceback:
         # torch's gloo process group sometimes aborts a rank at exit, after the program
         # finished (also without torchdevice; docs/amp-nn-distributed.md): run it once more.
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
