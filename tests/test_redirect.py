@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchdevice
-from conftest import cuda_tagged_checkpoint
+from conftest import clean_env, cuda_tagged_checkpoint, run_python
 from torchdevice.core import device as core_device
 from torchdevice.ops.device import redirect
 
@@ -348,6 +348,24 @@ def test_load_warnings_name_the_callers_line(patched):
         warnings.simplefilter("ignore", FutureWarning)
         load(io.BytesIO(b""))
     assert caught == [], "the program's filters apply"
+
+
+def test_load_warnings_from_code_run_with_dash_c():
+    """The re-shown warning works where the caller's module has no source (python -c)."""
+    done = run_python("""
+import warnings, torch, torchdevice
+from torchdevice.ops.device import redirect
+torchdevice.patch(strict=True, device="cpu")
+
+def warning_load(f, map_location=None):
+    warnings.warn("weights_only default", FutureWarning, stacklevel=2)
+    return map_location
+
+print(redirect._load(warning_load)(None, "cuda"))
+""", env=clean_env(TORCHDEVICE_DISABLE="1"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cpu"
+    assert done.stderr.strip() == "<string>:10: FutureWarning: weights_only default"
 
 
 def test_model_state_dict_round_trip(patched, tmp_path):

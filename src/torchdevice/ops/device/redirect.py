@@ -654,8 +654,10 @@ def _reemit(caught, frame):
     globals_ = frame.f_globals
     registry = globals_.setdefault("__warningregistry__", {})
     for w in caught:
+        # (No module_globals: with them, warnings asks the module's loader for its source,
+        # which fails for code run with -c. The line is read from the file, as usual.)
         warnings.warn_explicit(w.message, w.category, frame.f_code.co_filename, frame.f_lineno,
-                               module=globals_.get("__name__"), registry=registry, module_globals=globals_)
+                               module=globals_.get("__name__"), registry=registry)
 
 
 def _load(original):
