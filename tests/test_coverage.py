@@ -39,7 +39,8 @@ def test_unchanged_table_is_small_and_not_patched(patched):
     if torch.__version__.split("+")[0] == doc_torch_version():
         # No stale entries. (The table serves every supported release: older ones lack some
         # names, and some names left __all__ later while staying attributes.)
-        assert all(hasattr(torch.cuda, name) for name in coverage.UNCHANGED)
+        # Entries for names of newer releases say which release ("torch >= 2.14") in their reason.
+        assert all(hasattr(torch.cuda, name) or "torch >= " in reason for name, reason in coverage.UNCHANGED.items())
     assert len(coverage.UNCHANGED) <= 20
     patched_names = {a.record.name for _, a in REGISTRY.applied_records() if a.record.owner == "torch.cuda"}
     assert not set(coverage.UNCHANGED) & patched_names, "a patched name must not also be listed as unchanged"

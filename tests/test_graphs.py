@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import torchdevice
+from torch_features import needs
+from torchdevice.ops.device.errors import TargetUnsupportedError
 
 
 def test_replay_runs_captured_work_on_new_static_inputs(patched):
@@ -245,3 +247,10 @@ def test_replay_keeps_the_captured_precision(patched):
         full.replay()  # inside autocast: still the float32 work that was captured
     assert low.dtype == torch.bfloat16 and torch.equal(low, expected_low)
     assert high.dtype == torch.float32 and torch.allclose(high, data @ weight)
+
+
+@needs("torch.cuda.export_dot", "torch.cuda.export_graph_data")
+def test_graph_export_hooks_are_clear_errors(patched):
+    for name in ("export_dot", "export_graph_data"):
+        with pytest.raises(TargetUnsupportedError, match=rf"torch.cuda.{name} is not supported on the cpu target"):
+            getattr(torch.cuda, name)("graph.out")

@@ -284,6 +284,22 @@ def test_json_report_schema(tmp_path):
                    for name in os.listdir(tmp_path))
 
 
+def test_code_generated_by_a_library_is_not_the_programs_site(recording):
+    """dataclasses compile __init__ from a string in the class's module; torch 2.14's launcher
+    config calls torch.get_device_module("cuda") from one. Only the program's own line counts."""
+    library = {"__name__": "torch.distributed.launcher.fake", "__file__": torch.distributed.__file__,
+               "torch": torch}
+    exec(compile("\n\ndef generated():\n    return torch.zeros(1, device='cuda')\n", "<string>", "exec"), library)
+    main_like = {"__name__": "__main__", "torch": torch}
+    exec(compile("def typed():\n    return torch.zeros(1, device='cuda')\n", "<string>", "exec"), main_like)
+    line = sys._getframe().f_lineno + 1
+    library["generated"]()
+    main_like["typed"]()
+    rows = sorted((r["file"], r["line"], r["via"]) for r in recording()["calls"] if r["api"] == "torch.zeros")
+    # The library's generated code is not a site: the program's line that called the library is.
+    assert rows == sorted([("<string>", 2, None), (HERE, line, "torch.distributed.launcher.fake:generated")])
+
+
 def test_torch_keeps_seeing_the_truth_through_recorders(recording):
     """torch's own modules get real answers from a recorded replacement, as without the report
     (a CPU build's torch._dynamo imports CUDA-only symbols when torch.cuda._is_compiled() says True)."""

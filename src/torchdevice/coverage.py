@@ -41,6 +41,8 @@ UNCHANGED = {
     "amp": _SUBMODULE + " (autocast and GradScaler are torch.amp's CUDA front-ends)",
     "jiterator": _SUBMODULE,
     "graphs": _SUBMODULE,
+    "graph_annotations": _SUBMODULE + " (torch >= 2.14: profiler labels for kernels captured in CUDA graphs; "
+                         "the target's graphs capture no kernels)",
     "memory": _SUBMODULE,
     "nccl": _SUBMODULE,
     "nvtx": _SUBMODULE,

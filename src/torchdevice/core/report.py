@@ -439,7 +439,7 @@ _SPECIAL = {
 def _site_key(api, frame, asked):
     """(entry key, via, cacheable) for a call from ``frame``; key None: do not record."""
     code = frame.f_code
-    kind = sites.classify(code)
+    kind = sites.classify(code, frame.f_globals)
     if kind == sites.USER:
         return (code, frame.f_lasti, api, asked), None, True
     if kind == sites.LIBRARY and api.direct_only:
@@ -463,7 +463,7 @@ def _counter(api, frame, asked):
     if state is None:
         return _NULL, False
     code = frame.f_code
-    kind = sites.classify(code)
+    kind = sites.classify(code, frame.f_globals)
     below = None
     if kind == sites.USER:
         user, cacheable = frame, True

@@ -88,11 +88,22 @@ def classify_file(filename: str) -> int:
     return USER
 
 
-def classify(code) -> int:
-    """The class of a code object (cached)."""
+def classify(code, module_globals=None) -> int:
+    """The class of a code object (cached).
+
+    Code compiled from a string (``<string>``) is the program's own when it runs
+    in ``__main__`` (``python -c``, ``exec`` in the script); code that a library
+    generates that way runs in the library's module namespace (dataclasses build
+    ``__init__`` so, e.g. for torch's launcher config) and takes that module's
+    class, given its globals.
+    """
     entry = CODE_CLASS.get(id(code))
     if entry is None:
         kind = classify_file(code.co_filename)  # may clear CODE_CLASS: insert after
+        if kind == USER and code.co_filename in _USER_PSEUDO_FILES and module_globals is not None:
+            owner_file = module_globals.get("__file__")
+            if module_globals.get("__name__") != "__main__" and isinstance(owner_file, str):
+                kind = classify_file(owner_file)
         CODE_CLASS[id(code)] = (code, kind)
         return kind
     return entry[1]
@@ -122,7 +133,7 @@ def user_frame(frame):
     while frame is not None:
         code = frame.f_code
         entry = CODE_CLASS.get(id(code))
-        kind = classify(code) if entry is None else entry[1]
+        kind = classify(code, frame.f_globals) if entry is None else entry[1]
         if kind == USER:
             return frame, below
         if kind == LIBRARY:

@@ -38,7 +38,8 @@ import threading
 import torch
 
 from ...core import compat
-from ...core.patch import EMULATED, Patch
+from ...core.patch import EMULATED, UNSUPPORTED, Patch
+from ..device.errors import raiser
 from . import synchronize as _sync
 
 _pool_ids = itertools.count(1)
@@ -362,5 +363,11 @@ def records(stream_class, context_class):
             Patch(owner, "graph_pool_handle", _publish(graph_pool_handle), kind=EMULATED,
                   note="opaque token; pools are not shared"),
         ]
+        # torch >= 2.14: hooks that dump the captured cudaGraph_t (DOT file, pickled graph data).
+        for name, what in (("export_dot", "a DOT dump"), ("export_graph_data", "the graph data")):
+            out.append(Patch(owner, name, lambda original, name=name, what=what: raiser(
+                f"torch.cuda.{name}", _sync._target_name(), f"{what} describes a captured cudaGraph_t, and the "
+                "target's graphs record ATen ops instead", "Inspect the captured work with torch.profiler; "
+                "capture and replay() work as on CUDA.", original), kind=UNSUPPORTED, note="clear error"))
     return out
 
