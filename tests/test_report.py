@@ -5,6 +5,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -298,6 +299,14 @@ def test_code_generated_by_a_library_is_not_the_programs_site(recording):
     rows = sorted((r["file"], r["line"], r["via"]) for r in recording()["calls"] if r["api"] == "torch.zeros")
     # The library's generated code is not a site: the program's line that called the library is.
     assert rows == sorted([("<string>", 2, None), (HERE, line, "torch.distributed.launcher.fake:generated")])
+
+
+def test_entry_point_scripts_are_not_call_sites():
+    """pip's console-script shims (torchrun) sit in the environment's scripts folder: torch 2.14's
+    launcher calls torch.get_device_module("cuda") below one, which is no line of the program."""
+    scripts = sysconfig.get_paths()["scripts"]
+    assert sites.classify_file(os.path.join(scripts, "torchrun")) == sites.STDLIB
+    assert sites.classify_file(os.path.join(os.path.dirname(scripts), "train.py")) == sites.USER
 
 
 def test_torch_keeps_seeing_the_truth_through_recorders(recording):

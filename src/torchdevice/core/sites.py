@@ -7,8 +7,9 @@ so that the id cannot be reused while cached):
 
 * ``LIBRARY``: torch (with its sibling packages functorch and torchgen) and
   torchdevice itself;
-* ``STDLIB``: the standard library, frozen modules (``<frozen runpy>``) and
-  other ``<...>`` pseudo-files except ``<string>``/``<stdin>``;
+* ``STDLIB``: the standard library, frozen modules (``<frozen runpy>``),
+  other ``<...>`` pseudo-files except ``<string>``/``<stdin>``, and the
+  environment's scripts folder (the entry-point shims pip writes, ``torchrun``);
 * ``USER``: everything else: the program, its own modules, third-party
   packages in site-packages, code run with ``python -c``.
 
@@ -58,7 +59,9 @@ def _compute_prefixes():
         parent = os.path.dirname(torch_dir)
         library += [torch_dir, os.path.join(parent, "functorch"), os.path.join(parent, "torchgen")]
     paths = sysconfig.get_paths()
-    stdlib = [paths.get("stdlib"), paths.get("platstdlib")]
+    # The environment's scripts folder holds the entry-point shims pip writes (``torchrun``:
+    # three lines that call torch's main): never the program's own call sites.
+    stdlib = [paths.get("stdlib"), paths.get("platstdlib"), paths.get("scripts")]
     site_dirs = [paths.get("purelib"), paths.get("platlib")]
     try:
         import site
