@@ -38,9 +38,9 @@ import torch
 __all__ = ["below_ad_inplace_or_view", "get_autocast_dtype", "is_autocast_enabled", "mps_macos_at_least", "register_stream_classes",
            "set_autocast_dtype", "set_autocast_enabled"]
 
-DEVICE_GENERIC_AUTOCAST = hasattr(torch, "get_autocast_dtype")
+_DEVICE_GENERIC_AUTOCAST = hasattr(torch, "get_autocast_dtype")
 
-if DEVICE_GENERIC_AUTOCAST:
+if _DEVICE_GENERIC_AUTOCAST:
     is_autocast_enabled = torch.is_autocast_enabled
     set_autocast_enabled = torch.set_autocast_enabled
     get_autocast_dtype = torch.get_autocast_dtype

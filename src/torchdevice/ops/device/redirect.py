@@ -637,16 +637,12 @@ def _map_location(spec, target):
     return spec
 
 
-def _caller_frame():
-    """The first frame outside torchdevice above the caller of our wrapper."""
-    frame = sys._getframe(2)
-    while frame is not None and (frame.f_globals.get("__name__") or "").startswith("torchdevice."):
-        frame = frame.f_back
-    return frame
-
-
 def _reemit(caught, frame):
-    """Show warnings torch raised inside our wrapper as raised at the program's own line."""
+    """Show warnings torch raised inside our wrapper as raised at the program's own line
+    (``frame``: the caller of the wrapper; the program's frame is searched from there)."""
+    from ...core import sites  # only when torch warned: nothing added to activation
+
+    frame = sites.user_frame(frame)[0]
     if frame is None:
         for w in caught:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -674,7 +670,7 @@ def _load(original):
                 return original(f, _map_location(map_location, target), *args, **kwargs)
         finally:
             if caught:
-                _reemit(caught, _caller_frame())
+                _reemit(caught, sys._getframe(1))
     return functools.wraps(original)(load)
 
 
