@@ -539,6 +539,80 @@ def group_cli(ctx):
     return rows
 
 
+# -- group: the floor of any wrapper ---------------------------------------------------------------
+class _Unswitched:
+    """A stand-in for the on/off switch: the floor rows never patch anything."""
+
+    def set(self, on, **settings):
+        pass
+
+
+def _forwarder_module():
+    """Compile bench/_forwarder.c with the interpreter's own compiler settings; the module, or None and why."""
+    import hashlib
+    import importlib.util
+    import shlex
+    import sysconfig
+
+    source = HERE / "_forwarder.c"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    key = hashlib.sha256(source.read_bytes() + sys.version.encode()).hexdigest()[:12]
+    target = HERE / "results" / "forwarder" / key / ("_forwarder" + suffix)
+    if not target.exists():
+        cc, ldshared = sysconfig.get_config_var("CC"), sysconfig.get_config_var("LDSHARED")
+        if not cc or not ldshared:
+            return None, "this interpreter has no C compiler settings (sysconfig CC / LDSHARED)"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        obj = target.with_suffix(".o")
+        include = sysconfig.get_paths()["include"]
+        commands = [shlex.split(cc) + ["-O2", "-fPIC", "-I", include, "-c", str(source), "-o", str(obj)],
+                    shlex.split(ldshared) + [str(obj), "-o", str(target)]]
+        for command in commands:
+            try:
+                done = subprocess.run(command, capture_output=True, text=True)
+            except OSError as exc:
+                return None, f"cannot run the C compiler: {exc}"
+            if done.returncode != 0:
+                return None, f"compiling bench/_forwarder.c failed: {(done.stderr or done.stdout)[-300:]}"
+    spec = importlib.util.spec_from_file_location("_forwarder", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, ""
+
+
+def group_floor(ctx):
+    """What any wrapper of a torch function costs, torchdevice off: the floor under the rows
+    ``factory_no_device`` and ``factory_dtype_only`` (a call that passes no device still
+    goes through the wrapper, because which call passes one is known only at call time)."""
+    import torch
+
+    ctx.switch.set(False)
+    zeros = torch.zeros
+
+    def python_forwarder(*args, **kwargs):
+        return zeros(*args, **kwargs)
+
+    ns = {"torch": torch, "zeros": zeros, "py": python_forwarder}
+    plain = _Unswitched()
+    calls = (("", "(16)"), ("_kw", "(16, dtype=torch.float64)"))
+    rows = []
+    for suffix, call in calls:
+        a, b = M.ab_calls(plain, "py" + call, "zeros" + call, ns, ctx.p["call_reps"], ctx.p["block"])
+        rows.append(make_row("floor_python" + suffix, "floor",
+                             f"torch.zeros{call} through def f(*args, **kwargs): return zeros(*args, **kwargs)",
+                             "ns/call", a, b, a_label="wrapper"))
+    module, why = _forwarder_module()
+    for suffix, call in calls:
+        what = f"torch.zeros{call} through a C vectorcall forwarder (bench/_forwarder.c)"
+        if module is None:
+            rows.append(make_row("floor_c" + suffix, "floor", what, "ns/call", status="skip", note=why))
+            continue
+        ns["c"] = module.Forwarder(zeros, python_forwarder)
+        a, b = M.ab_calls(plain, "c" + call, "zeros" + call, ns, ctx.p["call_reps"], ctx.p["block"])
+        rows.append(make_row("floor_c" + suffix, "floor", what, "ns/call", a, b, a_label="wrapper"))
+    return rows
+
+
 GROUPS = {
     "startup": group_startup,
     "import": group_import,
@@ -548,4 +622,5 @@ GROUPS = {
     "memory": group_memory,
     "report": group_report,
     "cli": group_cli,
+    "floor": group_floor,
 }

@@ -71,9 +71,33 @@ def test_invalid_specs_raise_torch_errors(patched, spec):
         torch.zeros(1, device=spec)
 
 
-def test_negative_index_is_an_error(patched):
-    with pytest.raises(RuntimeError):
-        torch.zeros(1, device=-1)
+def test_negative_index_other_than_minus_one_is_torchs_error(patched):
+    with pytest.raises(RuntimeError, match="negative"):
+        torch.zeros(1, device=-2)
+    with pytest.raises(RuntimeError, match="negative"):
+        torch.ones(1).to(-3)
+
+
+def test_get_device_result_places_on_the_target(patched):
+    """x.get_device() is -1 for a tensor on the CPU target (a GPU answers 0), so code that
+    passes it on as a device index must keep working; -1 names the current CUDA device."""
+    x = torch.ones(2, device="cuda")
+    index = x.get_device()
+    assert index == -1, "tensors report the device they live on"
+    model = torch.nn.Linear(2, 2)
+    placed = [torch.zeros(2, device=index), torch.tensor([1.0], device=index), x.to(index), x.to(device=index),
+              x.cuda(index), x.new_zeros(2, device=index), model.cuda(index).weight, model.to(index).weight,
+              model.to(device=index, dtype=torch.float64).weight]
+    assert all(t.device == CPU for t in placed)
+    assert placed[-1].dtype == torch.float64, "Module.to keeps its other arguments"
+    assert torch.cuda.get_device_name(index) == torch.cuda.get_device_name()
+    assert torch.cuda.get_device_properties(index).name == torch.cuda.get_device_properties(0).name
+    assert torch.cuda.memory_allocated(index) == torch.cuda.memory_allocated()
+    before = torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    with torch.cuda.device(index):
+        assert torch.cuda.current_device() == before
+    assert torch.cuda.current_device() == before
 
 
 # -- factories ---------------------------------------------------------------------------------

@@ -160,8 +160,13 @@ def _map_uncached(spec: Any) -> Any:
         parsed = device_type(spec)  # raises torch's own error for "cuda:x", "gpu", ...
         return target.device if parsed.type == "cuda" else parsed
     if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec == -1:
+            # x.get_device() answers -1 for a tensor on the CPU target where a GPU answers its
+            # ordinal, and torch's C++ reads index -1 as "the current device" (Device(kCUDA, -1)):
+            # so torch.zeros(n, device=x.get_device()) and y.cuda(x.get_device()) keep working.
+            return target.device
         if spec < 0:
-            return spec  # let torch raise its own error for a negative index
+            return spec  # let torch raise its own error for any other negative index
         return target.device  # torch reads a bare index as a CUDA ordinal
     return spec
 
@@ -173,7 +178,7 @@ def is_cuda_spec(spec: Any) -> bool:
         return spec.type == "cuda"
     if isinstance(spec, str):
         return spec == "cuda" or spec.startswith("cuda:")
-    return isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0
+    return isinstance(spec, int) and not isinstance(spec, bool) and spec >= -1  # -1: see _map_uncached
 
 
 def cuda_index(spec: Any) -> int:

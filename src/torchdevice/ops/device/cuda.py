@@ -151,8 +151,11 @@ def resolve_index(device, target_type):
 
     ``None``, ``"cuda"`` and the target device itself (what ``torch.device("cuda")``
     returns while patched) name the selected index; ``"cuda:N"``, ``torch.device("cuda", N)``
-    and ``N`` name N. Any other device raises torch's ValueError.
+    and ``N`` name N. ``-1`` names the selected index too: it is what ``x.get_device()``
+    answers on the CPU target (core/device.py). Any other device raises torch's ValueError.
     """
+    if device == -1 and type(device) is int:
+        return _device.current_index
     if isinstance(device, str):
         device = _RealDevice(device)
     if type(device) is _RealDevice and device.type == target_type:

@@ -605,6 +605,18 @@ def _set_default_device(original):
     return functools.wraps(original)(set_default_device)
 
 
+def _parse_to(original):
+    """``Module.to`` parses its arguments with this; it rejects index -1 before any tensor
+    is moved, so ``model.to(x.get_device())`` needs it mapped here (core/device.py)."""
+    def parse_to(*args, **kwargs):
+        if args and type(args[0]) is int and args[0] == -1:
+            args = ("cuda", *args[1:])
+        elif type(kwargs.get("device")) is int and kwargs["device"] == -1:
+            kwargs["device"] = "cuda"
+        return original(*args, **kwargs)
+    return functools.wraps(original)(parse_to)
+
+
 # -- torch.load -----------------------------------------------------------------
 def _map_location(spec, target):
     """Rewrite a torch.load map_location so CUDA-tagged storages land on the target."""
@@ -902,6 +914,8 @@ def records():
         Patch("torch.UntypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch.storage.TypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch", "set_default_device", _set_default_device),
+        Patch("torch._C._nn", "_parse_to", _parse_to, note="Module.to: device index -1 (x.get_device() on the "
+              "CPU target) names the current CUDA device"),
         Patch("torch", "set_default_tensor_type", _set_default_tensor_type(target, policy), kind=EMULATED,
               note="legacy CUDA types: that dtype, factories on the target"),
         Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),
