@@ -182,6 +182,7 @@ def group_import(ctx):
         rows.append(make_row("import_torch_vs_bare" + suffix, "import", f"python -c 'import torch', {what}: "
                              "autoload vs not installed", "ms", runs["installed"][clock], runs["bare"][clock], [],
                              "", a_label="autoload", b_label="not installed", scale=1e3))
+    rows.append(_import_instructions(ctx, installed))
     warm, cold, warm_wall = [], [], []
     for _ in range(ctx.p["activation_reps"]):
         for samples, walls, env in ((warm, warm_wall, clean_env(TORCHDEVICE_DISABLE=TRUE)), (cold, [], None)):
@@ -201,6 +202,45 @@ def group_import(ctx):
                          note="the schema scan runs once per torch build, then its result is read from "
                               "~/.cache/torchdevice"))
     return rows
+
+
+def _instructions(argv, env):
+    """Instructions the program executes in user space, counted by valgrind's callgrind."""
+    import re
+    import shutil
+
+    command = [shutil.which("valgrind"), "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"valgrind failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return int(found.group(1))
+
+
+def _import_instructions(ctx, installed):
+    """``import torch`` counted in instructions: deterministic where CPU time is not.
+
+    A whole ``import torch`` varies by about 5% (60 ms) from run to run on a shared
+    machine, more than the budget; the count of executed instructions does not vary,
+    so it resolves the added work in a single pair of runs (a minute or two each).
+    """
+    import shutil
+
+    what = "python -c 'import torch', instructions executed (callgrind): autoload vs disabled"
+    target = "added <= 3%"
+    if ctx.mode != "full":
+        return skip_row("import_torch_instructions", "import", what, "M instr", target, "full mode only")
+    if shutil.which("valgrind") is None:
+        return skip_row("import_torch_instructions", "import", what, "M instr", target, "valgrind is not installed")
+    argv = [installed, "-c", "import torch"]
+    try:
+        # A fixed hash seed: with random ones, runs of the same program differ by up to 0.7%.
+        on = _instructions(argv, clean_env(PYTHONHASHSEED="0"))
+        off = _instructions(argv, clean_env(PYTHONHASHSEED="0", TORCHDEVICE_DISABLE=TRUE))
+    except (OSError, RuntimeError) as exc:
+        return skip_row("import_torch_instructions", "import", what, "M instr", target, str(exc))
+    return make_row("import_torch_instructions", "import", what, "M instr", [on], [off], [("added_pct", "<=", 3.0)],
+                    target, a_label="autoload", b_label="TORCHDEVICE_DISABLE=1", scale=1e-6)
 
 
 # -- group: per-call costs ----------------------------------------------------------------------

@@ -33,7 +33,9 @@ def test_smoke_run_writes_valid_json(tmp_path):
     measured = {row["id"] for row in rows if row["status"] != "skip"}
     assert {"startup_vs_bare", "pth_line", "factory_cuda", "tensor_to_cuda", "tensor_cuda", "module_cuda",
             "factory_no_device", "op_add", "op_matmul", "cuda_synchronize", "train_amp", "train_tiny",
-            "rss_growth"} <= measured
+            "rss_growth", "floor_python", "floor_python_kw"} <= measured
+    floor_c = next(row for row in rows if row["id"] == "floor_c")
+    assert floor_c["id"] in measured or "compil" in floor_c["note"], floor_c["note"]
     for row in rows:
         if row["id"] in measured and row["unit"] not in ("-", "KiB"):
             assert row["torchdevice"] > 0, row["id"]
