@@ -17,6 +17,7 @@ made the same program 2-4x slower.
 """
 import os
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -82,20 +83,56 @@ def free_port() -> int:
 TEARDOWN_CRASH = "terminate called without an active exception"
 
 
+def _descendants(pid):
+    """Processes below ``pid`` (Linux /proc; empty elsewhere)."""
+    children = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _torchrun_once(python, path, nproc, args, env, cwd, timeout):
+    """One job on a port of its own. On timeout the launcher and its ranks are killed (the ranks
+    run in sessions of their own and would outlive the launcher) and TimeoutExpired is raised."""
+    command = [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(path), *map(str, args)]
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(process.pid), process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = process.communicate()
+        raise subprocess.TimeoutExpired(command, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def torchrun(python, program, nproc, *args, env=None, cwd=None, timeout=180):
     """``torchrun --nproc_per_node=nproc program args`` on loopback with a free port."""
-    launcher = [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     path = Path(program) if os.path.isabs(str(program)) else PROGRAMS / program
-    command = [*launcher, str(path), *map(str, args)]
     env = env if env is not None else program_env()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    result = _torchrun_once(python, path, nproc, args, env, cwd, timeout)
     # The only traceback allowed is the launcher's own report of the aborted rank.
     program_traceback = result.stderr.count("Traceback") > result.stderr.count("ChildFailedError:")
     if result.returncode != 0 and TEARDOWN_CRASH in result.stderr and not program_traceback:
         # torch's gloo process group sometimes aborts a rank at exit, after the program
-        # finished (also without torchdevice; docs/amp-nn-distributed.md): run it once more.
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        # finished (also without torchdevice; docs/amp-nn-distributed.md): run it once more,
+        # on a new port (ranks of the aborted job may still hold the old one).
+        result = _torchrun_once(python, path, nproc, args, env, cwd, timeout)
     return result
 
 

@@ -1,7 +1,5 @@
 """Area "distributed": real torchrun jobs on 127.0.0.1 running CUDA/NCCL programs on gloo (CPU target)."""
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import pytest
 import torch
 
 from conftest import clean_env, run_python
+import porting
 import venvs
 from torchdevice.ops import distributed
 
@@ -25,24 +24,10 @@ def autoload_python(tmp_path_factory):
     return str(venvs.create(tmp_path_factory.mktemp("dist") / "venv", editable=True))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# torch's gloo process group sometimes aborts a rank at process exit, after the
-# program finished (seen here without torchdevice too; docs/amp-nn-distributed.md).
-TEARDOWN_CRASH = "terminate called without an active exception"
-
-
 def launch(python, program, nproc, out_dir, env):
-    command = [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(program), str(out_dir)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    finished = all((out_dir / f"rank{r}.json").is_file() for r in range(nproc))
-    if result.returncode != 0 and finished and TEARDOWN_CRASH in result.stderr:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    """torchrun on loopback (porting.torchrun: a job of its own, killed whole on timeout, run once
+    more on a new port when gloo aborts a rank at exit); the per-rank JSON the program wrote."""
+    result = porting.torchrun(python, program, nproc, out_dir, env=env, timeout=TIMEOUT)
     assert result.returncode == 0, f"torchrun failed:\n{result.stdout}\n{result.stderr}"
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)], result
 
