@@ -1,0 +1,348 @@
+/* torchdevice._speedups: the optional C fast path of the device area.
+ *
+ * A Forwarder stands in for a torch function (torch.zeros, Tensor.to, ...)
+ * and holds three things: the original torch callable, the Python wrapper of
+ * ops/device/redirect.py that maps CUDA devices, and a rule. A call whose
+ * arguments the rule proves need no mapping goes straight to the original
+ * with the caller's argument array (no tuple or dict is built, no Python
+ * frame runs); every other call goes to the Python wrapper, with the same
+ * arguments. The wrapper stays the one source of behaviour: this file only
+ * decides "nothing to map".
+ *
+ * Rules:
+ *   FACTORY      no keyword named "device".
+ *   FACTORY_PIN  no keyword named "device" nor "pin_memory" (the wrapper
+ *                drops pin_memory=True on targets without pinned memory).
+ *   TENSOR_TO    no keyword named "device", and either only self or self and
+ *                one positional argument whose type is exactly torch.dtype.
+ *
+ * Two types share this code: Forwarder, for functions of a module (no
+ * binding, as torch's builtins), and MethodForwarder, for methods of
+ * torch.Tensor (binds like a Python function, and is a method descriptor so
+ * that t.to(x) passes self in the argument array without a bound object).
+ *
+ * Instances have a __dict__ (functools.update_wrapper fills __name__,
+ * __qualname__, __doc__, __module__, __wrapped__), pickle by reference
+ * through the ``reduce`` value given at construction, and take part in GC.
+ * torch.compile: install_call() puts a Python function into both types'
+ * dicts as __call__; CPython's own calls keep using the vectorcall slot, while
+ * dynamo, which looks up type(obj).__call__, finds a Python function to trace.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *obj)
+{
+    Py_INCREF(obj);
+    return obj;
+}
+#endif
+
+enum { RULE_FACTORY = 0, RULE_FACTORY_PIN = 1, RULE_TENSOR_TO = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *original;
+    PyObject *wrapper;
+    PyObject *reduce;
+    PyObject *dict;
+    PyObject *weakreflist;
+    PyTypeObject *dtype_type;
+    int rule;
+    vectorcallfunc vectorcall;
+} Forwarder;
+
+static PyObject *str_device;
+static PyObject *str_pin_memory;
+
+static int
+names_contain(PyObject *kwnames, PyObject *name)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyTuple_GET_ITEM(kwnames, i) == name) {
+            return 1;
+        }
+    }
+    /* Keyword names are nearly always interned; compare by value only when
+     * the identity check failed (e.g. names built at run time for **kwargs). */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_Check(item) && PyUnicode_Compare(item, name) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+needs_wrapper(Forwarder *fw, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        if (names_contain(kwnames, str_device)) {
+            return 1;
+        }
+        if (fw->rule == RULE_FACTORY_PIN && names_contain(kwnames, str_pin_memory)) {
+            return 1;
+        }
+    }
+    if (fw->rule == RULE_TENSOR_TO) {
+        if (nargs == 1) {
+            return 0;
+        }
+        if (nargs == 2 && Py_TYPE(args[1]) == fw->dtype_type) {
+            return 0;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+forwarder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Forwarder *fw = (Forwarder *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (needs_wrapper(fw, args, nargs, kwnames)) {
+        return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
+    }
+    return PyObject_Vectorcall(fw->original, args, nargsf, kwnames);
+}
+
+static PyObject *
+forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"original", "wrapper", "rule", "dtype", "reduce", NULL};
+    PyObject *original, *wrapper, *dtype_type, *reduce = Py_None;
+    int rule;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|O:Forwarder", keywords,
+                                     &original, &wrapper, &rule, &dtype_type, &reduce)) {
+        return NULL;
+    }
+    if (rule < RULE_FACTORY || rule > RULE_TENSOR_TO) {
+        PyErr_Format(PyExc_ValueError, "Forwarder: unknown rule %d", rule);
+        return NULL;
+    }
+    if (!PyCallable_Check(original) || !PyCallable_Check(wrapper)) {
+        PyErr_SetString(PyExc_TypeError, "Forwarder: original and wrapper must be callable");
+        return NULL;
+    }
+    if (!PyType_Check(dtype_type)) {
+        PyErr_SetString(PyExc_TypeError, "Forwarder: dtype must be a type (torch.dtype)");
+        return NULL;
+    }
+    Forwarder *fw = (Forwarder *)type->tp_alloc(type, 0);
+    if (fw == NULL) {
+        return NULL;
+    }
+    fw->original = Py_NewRef(original);
+    fw->wrapper = Py_NewRef(wrapper);
+    fw->dtype_type = (PyTypeObject *)Py_NewRef(dtype_type);
+    fw->reduce = reduce == Py_None ? NULL : Py_NewRef(reduce);
+    fw->rule = rule;
+    fw->vectorcall = forwarder_vectorcall;
+    return (PyObject *)fw;
+}
+
+static int
+forwarder_traverse(Forwarder *fw, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(fw));
+    Py_VISIT(fw->original);
+    Py_VISIT(fw->wrapper);
+    Py_VISIT(fw->reduce);
+    Py_VISIT(fw->dict);
+    Py_VISIT(fw->dtype_type);
+    return 0;
+}
+
+static int
+forwarder_clear(Forwarder *fw)
+{
+    Py_CLEAR(fw->original);
+    Py_CLEAR(fw->wrapper);
+    Py_CLEAR(fw->reduce);
+    Py_CLEAR(fw->dict);
+    Py_CLEAR(fw->dtype_type);
+    return 0;
+}
+
+static void
+forwarder_dealloc(Forwarder *fw)
+{
+    PyObject_GC_UnTrack(fw);
+    if (fw->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)fw);
+    }
+    forwarder_clear(fw);
+    Py_TYPE(fw)->tp_free((PyObject *)fw);
+}
+
+static PyObject *
+forwarder_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    /* Only reached through paths that bypass vectorcall (e.g. PyObject_Call
+     * with a tuple): the vectorcall slot does the work. */
+    return PyVectorcall_Call(self, args, kwargs);
+}
+
+static PyObject *
+method_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+forwarder_reduce(Forwarder *fw, PyObject *Py_UNUSED(ignored))
+{
+    if (fw->reduce == NULL) {
+        PyErr_Format(PyExc_TypeError, "cannot pickle this torchdevice forwarder (no reference given)");
+        return NULL;
+    }
+    return Py_NewRef(fw->reduce);
+}
+
+static PyObject *
+forwarder_repr(Forwarder *fw)
+{
+    PyObject *name = NULL;
+    if (fw->dict != NULL) {
+        name = PyDict_GetItemString(fw->dict, "__qualname__");
+    }
+    if (name != NULL) {
+        return PyUnicode_FromFormat("<torchdevice forwarder %S>", name);
+    }
+    return PyUnicode_FromFormat("<torchdevice forwarder of %R>", fw->original);
+}
+
+static PyMethodDef forwarder_methods[] = {
+    {"__reduce__", (PyCFunction)forwarder_reduce, METH_NOARGS, "Pickle by reference to the patched name."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef forwarder_members[] = {
+    {"_torchdevice_original", T_OBJECT, offsetof(Forwarder, original), READONLY,
+     "the torch callable that calls needing no mapping go to"},
+    {"_torchdevice_python", T_OBJECT, offsetof(Forwarder, wrapper), READONLY,
+     "the Python wrapper that every other call goes to"},
+    {"_torchdevice_rule", T_INT, offsetof(Forwarder, rule), READONLY, "0 factory, 1 factory with pin_memory, 2 Tensor.to"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef forwarder_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#define FORWARDER_FIELDS \
+    .tp_basicsize = sizeof(Forwarder), \
+    .tp_dealloc = (destructor)forwarder_dealloc, \
+    .tp_vectorcall_offset = offsetof(Forwarder, vectorcall), \
+    .tp_repr = (reprfunc)forwarder_repr, \
+    .tp_call = forwarder_call, \
+    .tp_getattro = PyObject_GenericGetAttr, \
+    .tp_setattro = PyObject_GenericSetAttr, \
+    .tp_traverse = (traverseproc)forwarder_traverse, \
+    .tp_clear = (inquiry)forwarder_clear, \
+    .tp_weaklistoffset = offsetof(Forwarder, weakreflist), \
+    .tp_methods = forwarder_methods, \
+    .tp_members = forwarder_members, \
+    .tp_getset = forwarder_getset, \
+    .tp_dictoffset = offsetof(Forwarder, dict), \
+    .tp_new = forwarder_new
+
+static PyTypeObject ForwarderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "torchdevice._speedups.Forwarder",
+    .tp_doc = "Forwarder(original, wrapper, rule, dtype, reduce=None): calls needing no device "
+              "mapping go to original, others to wrapper.",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    FORWARDER_FIELDS,
+};
+
+static PyTypeObject MethodForwarderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "torchdevice._speedups.MethodForwarder",
+    .tp_doc = "A Forwarder that binds as a method (for torch.Tensor methods).",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_descr_get = method_descr_get,
+    FORWARDER_FIELDS,
+};
+
+static PyObject *
+install_call(PyObject *module, PyObject *function)
+{
+    /* Written into the type dicts directly: type.__setattr__ would also
+     * replace tp_call with a slot that calls this function, and CPython's
+     * calls must keep the C path. */
+    if (!PyFunction_Check(function)) {
+        PyErr_SetString(PyExc_TypeError, "install_call: a Python function is required");
+        return NULL;
+    }
+    PyTypeObject *types[] = {&ForwarderType, &MethodForwarderType};
+    for (int i = 0; i < 2; i++) {
+        if (PyDict_SetItemString(types[i]->tp_dict, "__call__", function) < 0) {
+            return NULL;
+        }
+        PyType_Modified(types[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"install_call", install_call, METH_O,
+     "Put a Python function into the forwarder types' dicts as __call__ (for tracers such as dynamo)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "torchdevice._speedups",
+    .m_doc = "The optional C fast path of torchdevice's device area (see _speedups.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    str_device = PyUnicode_InternFromString("device");
+    str_pin_memory = PyUnicode_InternFromString("pin_memory");
+    if (str_device == NULL || str_pin_memory == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&ForwarderType) < 0 || PyType_Ready(&MethodForwarderType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&ForwarderType);
+    if (PyModule_AddObject(m, "Forwarder", (PyObject *)&ForwarderType) < 0) {
+        Py_DECREF(&ForwarderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MethodForwarderType);
+    if (PyModule_AddObject(m, "MethodForwarder", (PyObject *)&MethodForwarderType) < 0) {
+        Py_DECREF(&MethodForwarderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "FACTORY", RULE_FACTORY) < 0
+        || PyModule_AddIntConstant(m, "FACTORY_PIN", RULE_FACTORY_PIN) < 0
+        || PyModule_AddIntConstant(m, "TENSOR_TO", RULE_TENSOR_TO) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
