@@ -69,8 +69,13 @@ class AutoloadPthHook(BuildHookInterface):
             return
         name = os.path.basename(built)
         if version == "editable":
-            # Editable installs import from src/: the module goes next to its source.
-            shutil.copy2(built, os.path.join(self.root, "src", "torchdevice", name))
+            # Editable installs import from src/: the module goes next to its source. Replaced
+            # by rename, never rewritten in place: a running process that loaded the old file
+            # keeps its mapping (writing into a loaded shared library crashes that process).
+            final = os.path.join(self.root, "src", "torchdevice", name)
+            staged = f"{final}.{os.getpid()}.tmp"
+            shutil.copy2(built, staged)
+            os.replace(staged, final)
         else:
             build_data["force_include"][built] = f"torchdevice/{name}"
         build_data["pure_python"] = False

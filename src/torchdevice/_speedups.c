@@ -107,6 +107,10 @@ forwarder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObj
 {
     Forwarder *fw = (Forwarder *)self;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (fw->original == NULL) {  /* cleared by the garbage collector while in a cycle */
+        PyErr_SetString(PyExc_RuntimeError, "torchdevice forwarder called after it was cleared");
+        return NULL;
+    }
     if (needs_wrapper(fw, args, nargs, kwnames)) {
         return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
     }
@@ -151,7 +155,6 @@ forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 forwarder_traverse(Forwarder *fw, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(fw));
     Py_VISIT(fw->original);
     Py_VISIT(fw->wrapper);
     Py_VISIT(fw->reduce);
