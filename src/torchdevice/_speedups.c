@@ -24,9 +24,8 @@
  * Instances have a __dict__ (functools.update_wrapper fills __name__,
  * __qualname__, __doc__, __module__, __wrapped__), pickle by reference
  * through the ``reduce`` value given at construction, and take part in GC.
- * torch.compile: install_call() puts a Python function into both types'
- * dicts as __call__; CPython's own calls keep using the vectorcall slot, while
- * dynamo, which looks up type(obj).__call__, finds a Python function to trace.
+ * torch.compile puts forwarders into its graphs as the torch functions they
+ * replace (ops/device/redirect.py, _dynamo_allows_forwarders).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -280,38 +279,11 @@ static PyTypeObject MethodForwarderType = {
     FORWARDER_FIELDS,
 };
 
-static PyObject *
-install_call(PyObject *module, PyObject *function)
-{
-    /* Written into the type dicts directly: type.__setattr__ would also
-     * replace tp_call with a slot that calls this function, and CPython's
-     * calls must keep the C path. */
-    if (!PyFunction_Check(function)) {
-        PyErr_SetString(PyExc_TypeError, "install_call: a Python function is required");
-        return NULL;
-    }
-    PyTypeObject *types[] = {&ForwarderType, &MethodForwarderType};
-    for (int i = 0; i < 2; i++) {
-        if (PyDict_SetItemString(types[i]->tp_dict, "__call__", function) < 0) {
-            return NULL;
-        }
-        PyType_Modified(types[i]);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef module_methods[] = {
-    {"install_call", install_call, METH_O,
-     "Put a Python function into the forwarder types' dicts as __call__ (for tracers such as dynamo)."},
-    {NULL, NULL, 0, NULL},
-};
-
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "torchdevice._speedups",
     .m_doc = "The optional C fast path of torchdevice's device area (see _speedups.c).",
     .m_size = -1,
-    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

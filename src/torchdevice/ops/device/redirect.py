@@ -276,18 +276,7 @@ def _speedups():
         from ... import _speedups as module
     except ImportError:
         return None
-    if vars(module.Forwarder)["__call__"] is not _forwarder_call:
-        module.install_call(_forwarder_call)
     return module
-
-
-def _forwarder_call(self, *args, **kwargs):
-    """``__call__`` of the forwarder types as tracers see it (dynamo looks up ``type(obj).__call__``).
-
-    CPython's own calls never run this: they use the types' C vectorcall slot. A tracer
-    that inlines Python code inlines the Python wrapper through it, as without the accelerator.
-    """
-    return self.__dict__["_torchdevice_wrapper"](*args, **kwargs)
 
 
 def _forwarder(original, wrapper, rule, reference):
@@ -300,7 +289,6 @@ def _forwarder(original, wrapper, rule, reference):
     functools.update_wrapper(forwarder, original)
     if getattr(forwarder, "__module__", None) is None:
         forwarder.__module__ = module
-    forwarder._torchdevice_wrapper = wrapper
     return forwarder
 
 
