@@ -71,13 +71,29 @@ def test_calls_without_device_run_no_python(accelerated):
                  lambda: t.to(torch.float64), lambda: t.to(), lambda: t.to(torch.float16, copy=True),
                  lambda: torch.zeros(2, 3, out=None, dtype=torch.int64), lambda: t.new_zeros(2)):
         assert not wrapper_codes & set(python_calls(call)), "the Python wrapper ran"
-    # A call that needs mapping runs the wrapper and lands on the target.
-    seen = python_calls(lambda: torch.zeros(2, device="cuda"))
-    assert torch.zeros._torchdevice_python.__code__ in seen
-    assert torch.zeros(2, device="cuda").device.type == "cpu"
-    seen = python_calls(lambda: t.to("cuda"))
-    assert torch.Tensor.to._torchdevice_python.__code__ in seen
-    assert t.to("cuda:0").device.type == "cpu" and t.to(device="cuda").device.type == "cpu"
+
+
+
+def test_a_device_spec_the_cache_has_not_seen_goes_through_the_wrapper(accelerated):
+    # The first call with a spec runs the Python wrapper, whose map_device stores the answer;
+    # later calls with that spec reuse it from C (the wrapper's own cache hit), and land alike.
+    from torchdevice.core import device as _device
+
+    t = torch.ones(3)
+    for spec, call, wrapper in (("cuda:1", lambda: torch.zeros(2, device="cuda:1"), torch.zeros),
+                                ("cuda:2", lambda: t.to("cuda:2"), torch.Tensor.to),
+                                ("cuda:3", lambda: t.to(device="cuda:3", non_blocking=True), torch.Tensor.to),
+                                ("cuda:4", lambda: t.new_zeros(1, device="cuda:4"), torch.Tensor.new_zeros)):
+        _device.DEVICE_CACHE.pop(spec, None)
+        code = wrapper._torchdevice_python.__code__
+        assert code in python_calls(call), spec
+        assert _device.DEVICE_CACHE[spec] == torch.device("cpu")
+        assert code not in python_calls(call), spec
+        assert call().device == torch.device("cpu")
+    # pin_memory=True on a target without pinned memory: always the wrapper, which drops it.
+    assert torch.empty._torchdevice_rule == speedups.FACTORY_PIN
+    assert torch.empty._torchdevice_python.__code__ in python_calls(lambda: torch.empty(2, pin_memory=True))
+    assert not torch.empty(2, pin_memory=True, device="cuda").is_pinned()
 
 
 def _describe(value):
@@ -232,16 +248,37 @@ def test_rules(unpatched):
         calls.append((args, kwargs))
         return "wrapper"
 
-    pin = speedups.Forwarder(lambda *a, **k: "original", wrapper, speedups.FACTORY_PIN, torch.dtype)
-    assert pin(1, dtype=None) == "original" and pin(1, pin_memory=False) == "wrapper"
-    plain = speedups.Forwarder(lambda *a, **k: "original", wrapper, speedups.FACTORY, torch.dtype)
-    assert plain(1, pin_memory=True) == "original" and plain(1, device=None) == "wrapper"
-    to = speedups.MethodForwarder(lambda *a, **k: "original", wrapper, speedups.TENSOR_TO, torch.dtype)
-    assert [to("t"), to("t", torch.half), to("t", dtype=torch.half), to("t", torch.half, copy=True)] == ["original"] * 4
-    assert [to("t", "cuda"), to("t", 0), to("t", torch.half, False), to("t", device="cuda")] == ["wrapper"] * 4
-    assert calls[-1] == (("t",), {"device": "cuda"})
+    def original(*args, **kwargs):
+        return ("original", args, kwargs)
+
+    cache = {"cuda": "MAPPED", 0: "MAPPED0"}
+    pin = speedups.Forwarder(original, wrapper, speedups.FACTORY_PIN, torch.dtype, None, cache)
+    assert pin(1, dtype=None) == ("original", (1,), {"dtype": None})
+    assert pin(1, pin_memory=False) == pin(1, device="cuda", pin_memory=True) == "wrapper"
+    plain = speedups.Forwarder(original, wrapper, speedups.FACTORY, torch.dtype, None, cache)
+    assert plain(1, pin_memory=True) == ("original", (1,), {"pin_memory": True})
+    assert plain(1, device=None) == ("original", (1,), {"device": None})
+    assert plain(1, dtype=2, device="cuda") == ("original", (1,), {"dtype": 2, "device": "MAPPED"})
+    assert plain(1, **{"dev" + "ice": "cuda"}) == ("original", (1,), {"device": "MAPPED"})
+    assert plain(1, device="cuda:5") == plain(1, device=[]) == "wrapper"  # a miss; unhashable
+    assert plain(*range(13), device="cuda") == "wrapper"  # more than SMALL_CALL arguments
+    to = speedups.MethodForwarder(original, wrapper, speedups.TENSOR_TO, torch.dtype, None, cache)
+    assert to("t") == ("original", ("t",), {})
+    assert to("t", torch.half, False) == ("original", ("t", torch.half, False), {})
+    assert to("t", dtype=torch.half) == ("original", ("t",), {"dtype": torch.half})
+    assert to("t", "cuda", non_blocking=True) == ("original", ("t", "MAPPED"), {"non_blocking": True})
+    assert to("t", 0, torch.half) == ("original", ("t", "MAPPED0", torch.half), {})
+    assert to("t", device="cuda", copy=True) == ("original", ("t",), {"device": "MAPPED", "copy": True})
+    assert to("t", device=None) == ("original", ("t",), {"device": None})
+    calls.clear()
+    assert [to("t", "cuda:5"), to("t", "cuda", device="cuda"), to("t", {}), to()] == ["wrapper"] * 4
+    assert calls[1] == (("t", "cuda"), {"device": "cuda"})
+    no_cache = speedups.Forwarder(original, wrapper, speedups.FACTORY, torch.dtype)
+    assert no_cache(1, device="cuda") == "wrapper" and no_cache(1) == ("original", (1,), {})
     with pytest.raises(ValueError, match="unknown rule"):
         speedups.Forwarder(len, wrapper, 7, torch.dtype)
+    with pytest.raises(TypeError, match="cache must be a dict"):
+        speedups.Forwarder(len, wrapper, speedups.FACTORY, torch.dtype, None, [])
 
 
 DYNAMO = """

@@ -1,26 +1,31 @@
 /* torchdevice._speedups: the optional C fast path of the device area.
  *
  * A Forwarder stands in for a torch function (torch.zeros, Tensor.to, ...)
- * and holds three things: the original torch callable, the Python wrapper of
- * ops/device/redirect.py that maps CUDA devices, and a rule. A call whose
- * arguments the rule proves need no mapping goes straight to the original
- * with the caller's argument array (no tuple or dict is built, no Python
- * frame runs); every other call goes to the Python wrapper, with the same
- * arguments. The wrapper stays the one source of behaviour: this file only
- * decides "nothing to map".
+ * and holds the original torch callable, the Python wrapper of
+ * ops/device/redirect.py that maps CUDA devices, the device mapping cache the
+ * wrapper reads (core/device.py DEVICE_CACHE, filled only by map_device), and
+ * a rule. It passes the caller's argument array on (no tuple or dict built,
+ * no Python frame run):
  *
- * Rules:
- *   FACTORY      no keyword named "device".
- *   FACTORY_PIN  no keyword named "device" nor "pin_memory" (the wrapper
- *                drops pin_memory=True on targets without pinned memory).
- *   TENSOR_TO    no keyword named "device", and either only self or self and
- *                one positional argument whose type is exactly torch.dtype.
+ *   - to the original, untouched, when the rule proves there is nothing to
+ *     map: no keyword "device" (or device=None); for Tensor.to also no first
+ *     argument, or a first argument whose type is exactly torch.dtype;
+ *   - to the original with the one device argument replaced by its cached
+ *     mapping, when the cache has it: exactly what the wrapper does on a hit;
+ *   - to the Python wrapper otherwise (a miss, an unhashable spec, pin_memory
+ *     where the wrapper drops it, two devices, more than SMALL_CALL arguments).
+ *
+ * The wrapper stays the one source of behaviour: this file never decides what
+ * a device maps to, it only reuses an answer map_device already stored.
+ *
+ * Rules: FACTORY (the device is keyword "device"), FACTORY_PIN (the same, and
+ * any "pin_memory" keyword goes to the wrapper), TENSOR_TO (the device is the
+ * first argument after self, or keyword "device").
  *
  * Two types share this code: Forwarder, for functions of a module (no
  * binding, as torch's builtins), and MethodForwarder, for methods of
  * torch.Tensor (binds like a Python function, and is a method descriptor so
  * that t.to(x) passes self in the argument array without a bound object).
- *
  * Instances have a __dict__ (functools.update_wrapper fills __name__,
  * __qualname__, __doc__, __module__, __wrapped__), pickle by reference
  * through the ``reduce`` value given at construction, and take part in GC.
@@ -30,6 +35,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <string.h>
 #include <structmember.h>
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -48,6 +54,7 @@ typedef struct {
     PyObject *original;
     PyObject *wrapper;
     PyObject *reduce;
+    PyObject *cache;
     PyObject *dict;
     PyObject *weakreflist;
     PyTypeObject *dtype_type;
@@ -58,47 +65,61 @@ typedef struct {
 static PyObject *str_device;
 static PyObject *str_pin_memory;
 
-static int
-names_contain(PyObject *kwnames, PyObject *name)
+/* The position of keyword ``name`` in ``kwnames``, or -1. */
+static Py_ssize_t
+keyword_index(PyObject *kwnames, PyObject *name)
 {
+    if (kwnames == NULL) {
+        return -1;
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (PyTuple_GET_ITEM(kwnames, i) == name) {
-            return 1;
+            return i;
         }
     }
-    /* Keyword names are nearly always interned; compare by value only when
-     * the identity check failed (e.g. names built at run time for **kwargs). */
+    /* Keyword names written in code are interned, and an interned name that is not
+     * ``name`` itself differs from it; only names built at run time (``**{...}``)
+     * are compared by value. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_Check(item) && PyUnicode_Compare(item, name) == 0) {
-            return 1;
+        if (PyUnicode_Check(item) && !PyUnicode_CHECK_INTERNED(item) && PyUnicode_Compare(item, name) == 0) {
+            return i;
         }
     }
-    return 0;
+    return -1;
 }
 
-static int
-needs_wrapper(Forwarder *fw, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+#define SMALL_CALL 12
+
+/* Call the original with args[index] replaced by the cached mapping of it: what the
+ * Python wrapper does on a cache hit. A miss (or an unhashable value, or a call with
+ * more arguments than SMALL_CALL) goes to the wrapper, which maps and fills the cache. */
+static PyObject *
+call_mapped(Forwarder *fw, PyObject *const *args, size_t nargsf, PyObject *kwnames, Py_ssize_t index)
 {
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        if (names_contain(kwnames, str_device)) {
-            return 1;
-        }
-        if (fw->rule == RULE_FACTORY_PIN && names_contain(kwnames, str_pin_memory)) {
-            return 1;
-        }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    if (fw->cache == NULL || total > SMALL_CALL) {
+        return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
     }
-    if (fw->rule == RULE_TENSOR_TO) {
-        if (nargs == 1) {
-            return 0;
+    PyObject *mapped = PyDict_GetItemWithError(fw->cache, args[index]);
+    if (mapped == NULL) {
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                return NULL;
+            }
+            PyErr_Clear();  /* unhashable: the wrapper decides */
         }
-        if (nargs == 2 && Py_TYPE(args[1]) == fw->dtype_type) {
-            return 0;
-        }
-        return 1;
+        return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
     }
-    return 0;
+    PyObject *stack[SMALL_CALL + 1];
+    memcpy(stack + 1, args, total * sizeof(PyObject *));
+    stack[1 + index] = mapped;
+    Py_INCREF(mapped);  /* borrowed from the cache, which the call may change */
+    PyObject *result = PyObject_Vectorcall(fw->original, stack + 1, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    Py_DECREF(mapped);
+    return result;
 }
 
 static PyObject *
@@ -110,20 +131,46 @@ forwarder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObj
         PyErr_SetString(PyExc_RuntimeError, "torchdevice forwarder called after it was cleared");
         return NULL;
     }
-    if (needs_wrapper(fw, args, nargs, kwnames)) {
+    Py_ssize_t device = keyword_index(kwnames, str_device);
+    if (fw->rule == RULE_TENSOR_TO) {
+        if (device >= 0) {
+            if (nargs != 1) {  /* a device twice: the wrapper lets torch say so */
+                return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
+            }
+            if (args[nargs + device] == Py_None) {
+                return PyObject_Vectorcall(fw->original, args, nargsf, kwnames);
+            }
+            return call_mapped(fw, args, nargsf, kwnames, nargs + device);
+        }
+        if (nargs == 1 || (nargs >= 2 && Py_TYPE(args[1]) == fw->dtype_type)) {
+            return PyObject_Vectorcall(fw->original, args, nargsf, kwnames);
+        }
+        if (nargs == 0) {
+            return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
+        }
+        return call_mapped(fw, args, nargsf, kwnames, 1);
+    }
+    if (fw->rule == RULE_FACTORY_PIN && keyword_index(kwnames, str_pin_memory) >= 0) {
         return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
     }
-    return PyObject_Vectorcall(fw->original, args, nargsf, kwnames);
+    if (device < 0 || args[nargs + device] == Py_None) {
+        return PyObject_Vectorcall(fw->original, args, nargsf, kwnames);
+    }
+    return call_mapped(fw, args, nargsf, kwnames, nargs + device);
 }
 
 static PyObject *
 forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"original", "wrapper", "rule", "dtype", "reduce", NULL};
-    PyObject *original, *wrapper, *dtype_type, *reduce = Py_None;
+    static char *keywords[] = {"original", "wrapper", "rule", "dtype", "reduce", "cache", NULL};
+    PyObject *original, *wrapper, *dtype_type, *reduce = Py_None, *cache = Py_None;
     int rule;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|O:Forwarder", keywords,
-                                     &original, &wrapper, &rule, &dtype_type, &reduce)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|OO:Forwarder", keywords,
+                                     &original, &wrapper, &rule, &dtype_type, &reduce, &cache)) {
+        return NULL;
+    }
+    if (cache != Py_None && !PyDict_CheckExact(cache)) {
+        PyErr_SetString(PyExc_TypeError, "Forwarder: cache must be a dict or None");
         return NULL;
     }
     if (rule < RULE_FACTORY || rule > RULE_TENSOR_TO) {
@@ -146,6 +193,7 @@ forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     fw->wrapper = Py_NewRef(wrapper);
     fw->dtype_type = (PyTypeObject *)Py_NewRef(dtype_type);
     fw->reduce = reduce == Py_None ? NULL : Py_NewRef(reduce);
+    fw->cache = cache == Py_None ? NULL : Py_NewRef(cache);
     fw->rule = rule;
     fw->vectorcall = forwarder_vectorcall;
     return (PyObject *)fw;
@@ -157,6 +205,7 @@ forwarder_traverse(Forwarder *fw, visitproc visit, void *arg)
     Py_VISIT(fw->original);
     Py_VISIT(fw->wrapper);
     Py_VISIT(fw->reduce);
+    Py_VISIT(fw->cache);
     Py_VISIT(fw->dict);
     Py_VISIT(fw->dtype_type);
     return 0;
@@ -168,6 +217,7 @@ forwarder_clear(Forwarder *fw)
     Py_CLEAR(fw->original);
     Py_CLEAR(fw->wrapper);
     Py_CLEAR(fw->reduce);
+    Py_CLEAR(fw->cache);
     Py_CLEAR(fw->dict);
     Py_CLEAR(fw->dtype_type);
     return 0;

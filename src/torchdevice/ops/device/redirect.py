@@ -266,8 +266,10 @@ def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
 
 # -- the optional C accelerator (torchdevice._speedups) --------------------------------------
 # A forwarder sends a call that its rule proves needs no mapping (no ``device`` keyword; for
-# Tensor.to also no first argument other than a dtype) straight to the original in C, and
-# every other call to the Python wrapper above, which stays the one source of behaviour.
+# Tensor.to also no first argument other than a dtype) straight to the original in C, a call
+# whose device spec DEVICE_CACHE already maps to the original with the cached value (what the
+# wrapper does on a hit), and every other call to the Python wrapper above, which stays the
+# one source of behaviour (only map_device fills the cache).
 # Used for the plain factory and Tensor.to wrappers only, decided when the area applies:
 # not with TORCHDEVICE_PURE_PYTHON=1, the migration report, or the float64 layer.
 def _speedups():
@@ -285,7 +287,7 @@ def _forwarder(original, wrapper, rule, reference):
     kind = speedups.MethodForwarder if isinstance(resolve(owner), type) else speedups.Forwarder
     module, _, qualname = owner.partition(".") if kind is speedups.MethodForwarder else (owner, "", "")
     path = f"{module}:{qualname + '.' if qualname else ''}{name}"
-    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)))
+    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE)
     functools.update_wrapper(forwarder, original)
     if getattr(forwarder, "__module__", None) is None:
         forwarder.__module__ = module
