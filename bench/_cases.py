@@ -617,8 +617,10 @@ def group_floor(ctx):
 def group_speedups(ctx):
     """Every calls row with the C accelerator (side A) against TORCHDEVICE_PURE_PYTHON (side B),
     torchdevice on for both: what torchdevice._speedups saves (or costs) per call form."""
+    import importlib
+
     try:
-        import torchdevice._speedups  # noqa: F401
+        importlib.import_module("torchdevice._speedups")
     except ImportError as exc:
         return [skip_row("speedups_" + rid, "speedups", what, "ns/call", "", f"not built: {exc}")
                 for rid, what, *_ in CALL_ROWS]

@@ -25,6 +25,13 @@ What it patches (all through core/patch.py):
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
 
+With the optional C accelerator (torchdevice._speedups, built at install time)
+the plain factory and ``Tensor.to`` wrappers are installed inside C forwarders
+that pass calls needing no mapping (and cache hits) straight to torch and run
+the wrapper for the rest; dynamo is told to treat forwarders as the torch
+functions they replace. ``TORCHDEVICE_PURE_PYTHON=1`` installs the wrappers
+themselves.
+
 With the migration report on (core/report.py), factories, ``Tensor.to`` and
 ``Tensor.cuda`` are built from their ``_recording_*`` variants instead: the
 same code with the report's call-site count inlined where the device argument
