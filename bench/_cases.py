@@ -653,6 +653,27 @@ def group_floor(ctx):
     return rows
 
 
+# -- group: the C accelerator against the pure-Python wrappers ----------------------------------
+def group_speedups(ctx):
+    """Every calls row with the C accelerator (side A) against TORCHDEVICE_PURE_PYTHON (side B),
+    torchdevice on for both: what torchdevice._speedups saves (or costs) per call form."""
+    import importlib
+
+    try:
+        importlib.import_module("torchdevice._speedups")
+    except ImportError as exc:
+        return [skip_row("speedups_" + rid, "speedups", what, "ns/call", "", f"not built: {exc}")
+                for rid, what, *_ in CALL_ROWS]
+    ns = _call_namespace(ctx)
+    rows = []
+    for rid, what, stmt, _native, _checks, _target in CALL_ROWS:
+        a, b = M.ab_calls(ctx.switch, stmt, stmt, ns, ctx.p["call_reps"], ctx.p["block"],
+                          a_settings={"pure_python": False}, b_on=True, b_settings={"pure_python": True})
+        rows.append(make_row("speedups_" + rid, "speedups", f"{stmt}, accelerated vs pure Python", "ns/call",
+                             a, b, a_label="accelerated", b_label="pure Python"))
+    return rows
+
+
 GROUPS = {
     "startup": group_startup,
     "import": group_import,
@@ -663,4 +684,5 @@ GROUPS = {
     "report": group_report,
     "cli": group_cli,
     "floor": group_floor,
+    "speedups": group_speedups,
 }

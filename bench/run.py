@@ -164,7 +164,7 @@ def main(argv=None):
     speed.add_argument("--smoke", action="store_true", help="one repetition of everything fast (seconds)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where to write the JSON")
     parser.add_argument("--groups", default=None, help="comma list of groups (default: all): " + ", ".join(
-        ["startup", "import", "calls", "events", "training", "memory", "report", "cli"]))
+        ["startup", "import", "calls", "events", "training", "memory", "report", "cli", "floor", "speedups"]))
     parser.add_argument("--venv-dir", default=str(HERE / "results" / "venvs"),
                         help="cache for the start-up environments")
     parser.add_argument("--threads", type=int, default=1,

@@ -24,6 +24,7 @@ DEVICE_COUNT = "TORCHDEVICE_DEVICE_COUNT"
 TRUTHFUL_MODULES = "TORCHDEVICE_TRUTHFUL_MODULES"
 MPS_FLOAT64 = "TORCHDEVICE_MPS_FLOAT64"
 REPORT = "TORCHDEVICE_REPORT"
+PURE_PYTHON = "TORCHDEVICE_PURE_PYTHON"
 
 # name -> (accepted values, default, meaning). The order is the documentation order.
 VARIABLES: Dict[str, Tuple[str, str, str]] = {
@@ -52,6 +53,9 @@ VARIABLES: Dict[str, Tuple[str, str, str]] = {
                   "warning, keep them on the CPU, or raise."),
     REPORT: ("1 (stderr) or a file path ending in .json", "(off)",
              "Write the migration report at exit."),
+    PURE_PYTHON: ("1/true/yes/on or 0/false/no/off", "off",
+                  "Leave out the optional C accelerator (`torchdevice._speedups`): every wrapper runs "
+                  "as Python code. For debugging and tests; read once, when torchdevice activates."),
 }
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -154,6 +158,7 @@ class Config:
     truthful_modules: FrozenSet[str] = frozenset()
     mps_float64: str = "downcast"
     report: Optional[str] = None
+    pure_python: bool = False
     # Which settings came from the environment (for `torchdevice info`).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -184,5 +189,6 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         truthful_modules=_parse_modules(get(TRUTHFUL_MODULES)),
         mps_float64=_parse_choice(MPS_FLOAT64, get(MPS_FLOAT64), MPS_FLOAT64_POLICIES, "downcast"),
         report=_parse_report(get(REPORT)),
+        pure_python=parse_bool(PURE_PYTHON, get(PURE_PYTHON), False),
         sources=sources,
     )

@@ -25,6 +25,13 @@ What it patches (all through core/patch.py):
 Wrappers capture the target when the area applies. Per call they do one dict
 lookup for the device argument and nothing at all when there is none.
 
+With the optional C accelerator (torchdevice._speedups, built at install time)
+the plain factory and ``Tensor.to`` wrappers are installed inside C forwarders
+that pass calls needing no mapping (and cache hits) straight to torch and run
+the wrapper for the rest; dynamo is told to treat forwarders as the torch
+functions they replace. ``TORCHDEVICE_PURE_PYTHON=1`` installs the wrappers
+themselves.
+
 With the migration report on (core/report.py), factories, ``Tensor.to`` and
 ``Tensor.cuda`` are built from their ``_recording_*`` variants instead: the
 same code with the report's call-site count inlined where the device argument
@@ -33,6 +40,7 @@ are never slowed by it.
 """
 import dataclasses
 import functools
+import pkgutil
 import re
 import sys
 import warnings
@@ -123,7 +131,9 @@ _NO_ARG = object()  # "not passed" (None is a value callers pass)
 # parameters of their own (a keyword-only ``device``; Tensor.to's first
 # argument and ``non_blocking``) instead of searching ``*args``/``**kwargs``,
 # and call the original without ``*``/``**`` unpacking where the call allows it.
-def _factory(original, strip_pin_memory):
+def _factory(original, strip_pin_memory, accelerate=None):
+    """The factory wrapper; with ``accelerate`` (an ``(owner, name)`` reference, given when
+    the C accelerator is in use) the installed object is a forwarder around it."""
     cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
@@ -160,7 +170,11 @@ def _factory(original, strip_pin_memory):
             if kwargs:
                 return original(*args, **kwargs)
             return original(*args)
-    return functools.wraps(original)(factory)
+    wrapper = functools.wraps(original)(factory)
+    if accelerate is None:
+        return wrapper
+    speedups = _speedups()
+    return _forwarder(original, wrapper, speedups.FACTORY_PIN if strip_pin_memory else speedups.FACTORY, accelerate)
 
 
 def _recording_factory(strip_pin_memory):
@@ -200,7 +214,8 @@ def _recording_factory(strip_pin_memory):
     return recording
 
 
-def _tensor_to(original):
+def _tensor_to(original, accelerate=None):
+    """The Tensor.to wrapper; with ``accelerate`` a forwarder around it, as ``_factory``."""
     cache = _device.DEVICE_CACHE
     resolve = _device.map_device
 
@@ -241,7 +256,10 @@ def _tensor_to(original):
         if non_blocking is not _NO_ARG:
             kwargs["non_blocking"] = non_blocking
         return original(self, **kwargs)
-    return functools.wraps(original)(to)
+    wrapper = functools.wraps(original)(to)
+    if accelerate is None:
+        return wrapper
+    return _forwarder(original, wrapper, _speedups().TENSOR_TO, accelerate)
 
 
 def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
@@ -251,6 +269,58 @@ def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
     if device is not _NO_ARG:  # an invalid combination: let torch say so, about the mapped device
         kwargs["device"] = device if device is None else _device.map_device(device)
     return original(self, mapped, *rest, **kwargs)
+
+
+# -- the optional C accelerator (torchdevice._speedups) --------------------------------------
+# A forwarder sends a call that its rule proves needs no mapping (no ``device`` keyword; for
+# Tensor.to also no first argument other than a dtype) straight to the original in C, a call
+# whose device spec DEVICE_CACHE already maps to the original with the cached value (what the
+# wrapper does on a hit), and every other call to the Python wrapper above, which stays the
+# one source of behaviour (only map_device fills the cache).
+# Used for the plain factory and Tensor.to wrappers only, decided when the area applies:
+# not with TORCHDEVICE_PURE_PYTHON=1, the migration report, or the float64 layer.
+def _speedups():
+    """torchdevice._speedups, or None when it was not built for this interpreter."""
+    try:
+        from ... import _speedups as module
+    except ImportError:
+        return None
+    return module
+
+
+def _forwarder(original, wrapper, rule, reference):
+    speedups = _speedups()
+    owner, name = reference
+    kind = speedups.MethodForwarder if isinstance(resolve(owner), type) else speedups.Forwarder
+    module, _, qualname = owner.partition(".") if kind is speedups.MethodForwarder else (owner, "", "")
+    path = f"{module}:{qualname + '.' if qualname else ''}{name}"
+    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE)
+    functools.update_wrapper(forwarder, original)
+    if getattr(forwarder, "__module__", None) is None:
+        forwarder.__module__ = module
+    return forwarder
+
+
+def _dynamo_allows_forwarders(original):
+    """torch.compile: dynamo puts a forwarder into its graph as the torch function it replaces.
+
+    Dynamo treats torch's functions as graph operations by identity, from a table it fills
+    by reading the torch namespace (where it finds the forwarders: without the accelerator it
+    finds the Python wrappers and does the same). For a callable object that is not a
+    function it asks ``is_callable_allowed`` (what ``torch.compiler.allow_in_graph`` fills);
+    this answers yes for every forwarder, by type, so no identity outlives an ``unpatch()``.
+    """
+    speedups = _speedups()
+    types = (speedups.Forwarder, speedups.MethodForwarder)
+
+    def is_callable_allowed(obj):
+        return obj.__class__ in types or original(obj)
+    return functools.wraps(original)(is_callable_allowed)
+
+
+def _accelerate(cfg, policy):
+    """Whether the plain factory and Tensor.to wrappers get forwarders (decided once, at apply time)."""
+    return not cfg.pure_python and not cfg.report and policy is None and _speedups() is not None
 
 
 def _recording_tensor_to(original, site):
@@ -898,12 +968,15 @@ def _compose(outer, inner_make):
 # -- records ----------------------------------------------------------------------------
 def records():
     target = _device.current()
-    policy = None if target.float64 else _Float64Policy(target, active_config().mps_float64)
+    cfg = active_config()
+    policy = None if target.float64 else _Float64Policy(target, cfg.mps_float64)
+    fast = _accelerate(cfg, policy)
     out = [
         Patch("torch", "device", _device_type, kind=EMULATED, recording=_recording_device_type,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
-        Patch("torch.Tensor", "to", _tensor_to, recording=_recording_tensor_to),
+        Patch("torch.Tensor", "to", functools.partial(_tensor_to, accelerate=("torch.Tensor", "to") if fast else None),
+              recording=_recording_tensor_to),
         Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target), recording=_recording_tensor_cuda(target)),
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
@@ -921,9 +994,13 @@ def records():
         Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),
         Patch("torch.serialization", "load", _load),
     ]
+    if fast:
+        out.append(Patch("torch._dynamo.trace_rules", "is_callable_allowed", _dynamo_allows_forwarders,
+                         note="torch.compile puts the C forwarders into graphs as the torch functions they replace"))
     for owner, name, pin in device_functions():
         strip = pin and not target.pinned_memory
-        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip),
+        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip,
+                                                        accelerate=(owner, name) if fast else None),
                          recording=_recording_factory(strip)))
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
