@@ -587,39 +587,6 @@ class _Unswitched:
         pass
 
 
-def _forwarder_module():
-    """Compile bench/_forwarder.c with the interpreter's own compiler settings; the module, or None and why."""
-    import hashlib
-    import importlib.util
-    import shlex
-    import sysconfig
-
-    source = HERE / "_forwarder.c"
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    key = hashlib.sha256(source.read_bytes() + sys.version.encode()).hexdigest()[:12]
-    target = HERE / "results" / "forwarder" / key / ("_forwarder" + suffix)
-    if not target.exists():
-        cc, ldshared = sysconfig.get_config_var("CC"), sysconfig.get_config_var("LDSHARED")
-        if not cc or not ldshared:
-            return None, "this interpreter has no C compiler settings (sysconfig CC / LDSHARED)"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        obj = target.with_suffix(".o")
-        include = sysconfig.get_paths()["include"]
-        commands = [shlex.split(cc) + ["-O2", "-fPIC", "-I", include, "-c", str(source), "-o", str(obj)],
-                    shlex.split(ldshared) + [str(obj), "-o", str(target)]]
-        for command in commands:
-            try:
-                done = subprocess.run(command, capture_output=True, text=True)
-            except OSError as exc:
-                return None, f"cannot run the C compiler: {exc}"
-            if done.returncode != 0:
-                return None, f"compiling bench/_forwarder.c failed: {(done.stderr or done.stdout)[-300:]}"
-    spec = importlib.util.spec_from_file_location("_forwarder", target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, ""
-
-
 def group_floor(ctx):
     """What any wrapper of a torch function costs, torchdevice off: the floor under the rows
     ``factory_no_device`` and ``factory_dtype_only`` (a call that passes no device still
@@ -641,13 +608,17 @@ def group_floor(ctx):
         rows.append(make_row("floor_python" + suffix, "floor",
                              f"torch.zeros{call} through def f(*args, **kwargs): return zeros(*args, **kwargs)",
                              "ns/call", a, b, a_label="wrapper"))
-    module, why = _forwarder_module()
+    try:
+        from torchdevice import _speedups
+    except ImportError:
+        _speedups = None
     for suffix, call in calls:
-        what = f"torch.zeros{call} through a C vectorcall forwarder (bench/_forwarder.c)"
-        if module is None:
-            rows.append(make_row("floor_c" + suffix, "floor", what, "ns/call", status="skip", note=why))
+        what = f"torch.zeros{call} through torchdevice's C forwarder (torchdevice._speedups), no device passed"
+        if _speedups is None:
+            rows.append(make_row("floor_c" + suffix, "floor", what, "ns/call", status="skip",
+                                 note="torchdevice._speedups is not built (no C compiler when installing)"))
             continue
-        ns["c"] = module.Forwarder(zeros, python_forwarder)
+        ns["c"] = _speedups.Forwarder(zeros, python_forwarder, _speedups.FACTORY, torch.dtype)
         a, b = M.ab_calls(plain, "c" + call, "zeros" + call, ns, ctx.p["call_reps"], ctx.p["block"])
         rows.append(make_row("floor_c" + suffix, "floor", what, "ns/call", a, b, a_label="wrapper"))
     return rows

@@ -26,6 +26,11 @@ Dispatching below autograd. ``torch._C._AutoDispatchBelowADInplaceOrView``
 after torch 2.2; there the same state is ``_AutoDispatchBelowAutograd`` plus
 excluding the ADInplaceOrView key (``below_ad_inplace_or_view``).
 
+Which callables torch.compile puts into its graphs. From torch 2.3 dynamo asks
+``torch._dynamo.trace_rules.is_callable_allowed``; torch 2.2 instead reads the torch
+namespace once, when ``torch._dynamo`` is imported (``allowed_functions``), and keeps the
+ids of the callables it finds there (``DYNAMO_ASKS_IS_CALLABLE_ALLOWED``).
+
 macOS version on MPS. ``torch.backends.mps.is_macos_or_newer(major, minor)``
 arrived in torch 2.3; torch 2.2 can only ask about macOS 13
 (``is_macos13_or_newer``), and its MPS backend has no bfloat16.
@@ -35,10 +40,12 @@ import sys
 
 import torch
 
-__all__ = ["below_ad_inplace_or_view", "get_autocast_dtype", "is_autocast_enabled", "mps_macos_at_least", "register_stream_classes",
+__all__ = ["DYNAMO_ASKS_IS_CALLABLE_ALLOWED", "below_ad_inplace_or_view", "get_autocast_dtype", "is_autocast_enabled", "mps_macos_at_least", "register_stream_classes",
            "set_autocast_dtype", "set_autocast_enabled"]
 
 _DEVICE_GENERIC_AUTOCAST = hasattr(torch, "get_autocast_dtype")
+_RELEASE = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+DYNAMO_ASKS_IS_CALLABLE_ALLOWED = _RELEASE >= (2, 3)
 
 if _DEVICE_GENERIC_AUTOCAST:
     is_autocast_enabled = torch.is_autocast_enabled

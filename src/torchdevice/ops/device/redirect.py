@@ -48,6 +48,7 @@ import warnings
 import torch
 
 from ...core import cache as _cache
+from ...core import compat as _compat
 from ...core import device as _device
 from ...core.patch import EMULATED, NOOP, REGISTRY, Patch, active_config, resolve
 
@@ -994,7 +995,7 @@ def records():
         Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),
         Patch("torch.serialization", "load", _load),
     ]
-    if fast:
+    if fast and _compat.DYNAMO_ASKS_IS_CALLABLE_ALLOWED:  # torch 2.2 finds them in the torch namespace
         out.append(Patch("torch._dynamo.trace_rules", "is_callable_allowed", _dynamo_allows_forwarders,
                          note="torch.compile puts the C forwarders into graphs as the torch functions they replace"))
     for owner, name, pin in device_functions():
