@@ -1,4 +1,5 @@
 """``torchdevice info`` and ``torchdevice coverage``."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,6 +39,20 @@ def test_info_json_with_autoload_active():
     assert data["areas"]["device"]["state"] == "applied"
     assert "torch.Tensor.to" in data["areas"]["device"]["applied"]
     assert data["hardware"]["mps_available"] is False or sys.platform == "darwin"
+    built = importlib.util.find_spec("torchdevice._speedups") is not None
+    assert data["accelerator"] == ("active" if built else "not built (no C compiler when torchdevice was installed)")
+
+
+@pytest.mark.parametrize("variable,value,why", [
+    ("TORCHDEVICE_PURE_PYTHON", "1", "off: TORCHDEVICE_PURE_PYTHON is set"),
+    ("TORCHDEVICE_REPORT", "1", "off: the migration report counts calls in the Python wrappers"),
+])
+def test_info_says_why_the_accelerator_is_off(variable, value, why):
+    done = info("--json", env=clean_env(**{variable: value}))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accelerator"] == why
+    text = info(env=clean_env(**{variable: value}, TORCHDEVICE_LOG_LEVEL="error"))
+    assert f"accelerator  {why}" in text.stdout
 
 
 def test_info_when_disabled_says_so_and_still_shows_the_patches():

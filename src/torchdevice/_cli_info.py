@@ -139,6 +139,7 @@ def collect():
         "autoload": start,
         "activated_by": part["activated_by"],
         "target": part["target"],
+        "accelerator": part["accelerator"],
         "config": _variables(),
         "strict": cfg.strict,
         "areas": part["areas"],
@@ -157,11 +158,18 @@ def _torch_part():
         torchdevice.patch()
         activated_by = "info"
     status = torchdevice.status()
+    if status["redirect"]:
+        from .ops.device import redirect
+
+        accelerator = redirect.accelerator()
+    else:
+        accelerator = "not applied: not redirecting"
     return {
         "torch": _torch_build(torch),
         "hardware": _hardware(torch),
         "activated_by": activated_by,
         "target": {"device": status["target"], "redirect": status["redirect"], "reason": status["reason"]},
+        "accelerator": accelerator,
         "areas": status["areas"],
     }
 
@@ -178,6 +186,7 @@ def render(info) -> str:
     target = info["target"]
     action = "redirecting CUDA to" if target["redirect"] else "not redirecting; target"
     lines.append(f"target       {action} {target['device']} ({target['reason']})")
+    lines.append(f"accelerator  {info['accelerator']}")
     auto = info["autoload"]
     lines.append(f"autoload     .pth: {auto['pth'] or 'not installed'}")
     lines.append(f"             active in this process: {'yes' if auto['active'] else 'no'} ({auto['why']})")

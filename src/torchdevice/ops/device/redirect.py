@@ -319,9 +319,28 @@ def _dynamo_allows_forwarders(original):
     return functools.wraps(original)(is_callable_allowed)
 
 
+_accelerator = "not applied: the device area did not apply"
+
+
+def accelerator():
+    """Whether the C accelerator is in use, and if not why (``torchdevice info``)."""
+    return _accelerator
+
+
 def _accelerate(cfg, policy):
     """Whether the plain factory and Tensor.to wrappers get forwarders (decided once, at apply time)."""
-    return not cfg.pure_python and not cfg.report and policy is None and _speedups() is not None
+    global _accelerator
+    if cfg.pure_python:
+        _accelerator = "off: TORCHDEVICE_PURE_PYTHON is set"
+    elif cfg.report:
+        _accelerator = "off: the migration report counts calls in the Python wrappers"
+    elif policy is not None:
+        _accelerator = "off: float64 tensors headed to this target go through the Python wrappers"
+    elif _speedups() is None:
+        _accelerator = "not built (no C compiler when torchdevice was installed)"
+    else:
+        _accelerator = "active"
+    return _accelerator == "active"
 
 
 def _recording_tensor_to(original, site):
