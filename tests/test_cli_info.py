@@ -252,6 +252,12 @@ def test_store_key_follows_torch_torchdevice_and_configuration(tmp_path, monkeyp
     assert _cli_cache.key("coverage-text") not in (None, base)
     base = _cli_cache.key("coverage-text")
 
+    # The key covers the C accelerator too: info's answer says whether it is in use, and a
+    # reinstall may build or drop it without touching a .py file.
+    _, files = _cli_cache._package_files()
+    built = importlib.util.find_spec("torchdevice._speedups") is not None
+    assert any(name.startswith("_speedups.") and not name.endswith((".py", ".c")) for name, *_ in files) is built
+
     monkeypatch.setattr(torchdevice, "__version__", "0.0.0.dev-other")
     assert _cli_cache.key("coverage-text") not in (None, base)
     monkeypatch.undo()

@@ -71,12 +71,16 @@ def _extension(torch_dir: Path) -> Optional[Path]:
     return None
 
 
+_CODE_SUFFIXES = (".py", ".so", ".pyd")  # the sources and the optional C accelerator
+
+
 def _package_files():
     here = Path(__file__).resolve().parent
     files = []
-    for path in sorted(here.rglob("*.py")):
-        stat = path.stat()
-        files.append([str(path.relative_to(here)), stat.st_size, stat.st_mtime_ns])
+    for path in sorted(here.rglob("*")):
+        if path.suffix in _CODE_SUFFIXES:
+            stat = path.stat()
+            files.append([str(path.relative_to(here)), stat.st_size, stat.st_mtime_ns])
     return str(here), files
 
 
