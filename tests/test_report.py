@@ -362,7 +362,9 @@ RANKS = """
 import os, torch
 rank = int(os.environ["RANK"])
 x = torch.ones(2, device=f"cuda:{rank}")
-print("rank", rank, x.device.type)
+# One write per rank: both ranks share the launcher's stdout pipe, and print() writes each
+# argument separately, so their words could interleave ("rankrank  10  cpucpu", seen in CI).
+os.write(1, f"rank {rank} {x.device.type}\\n".encode())
 """
 
 
