@@ -35,14 +35,16 @@ def fresh_state():
     report._apis.clear()
 
 
-@pytest.fixture
-def recording(tmp_path):
-    """torchdevice active with the report on; yields a function returning this process's rows."""
+@pytest.fixture(params=["accelerated", "pure"])
+def recording(tmp_path, request):
+    """torchdevice active with the report on, with the C accelerator (where it was built) and
+    without; yields a function returning this process's rows."""
     torchdevice.unpatch()
     fresh_state()
     saved = dict(os.environ)
     os.environ.pop(report.SPOOL_ENV, None)
-    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "report.json"))
+    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "report.json"),
+                      pure_python=request.param == "pure")
     report.discard()
     yield lambda: report.snapshot()
     torchdevice.unpatch()
@@ -431,16 +433,19 @@ def test_alternating_asks_at_one_instruction_are_counted_apart(recording):
 
 def test_hot_wrappers_record_in_their_own_frame(recording):
     # Factories, Tensor.to and Tensor.cuda are built from their recording variants: one Python
-    # frame per call, whose __wrapped__ is the wrapper installed when the report is off.
+    # frame per call (or a C forwarder around it), whose __wrapped__ is what is installed when
+    # the report is off.
     from torchdevice.ops.device import redirect
 
     call = type(torch.device).__call__
     assert call.__code__.co_filename == redirect.__file__ and torch.device._torchdevice_recorder is not None
     for fn in (torch.zeros, torch.Tensor.to, torch.Tensor.cuda):
         assert fn._torchdevice_recorder is not None
-        assert fn.__code__.co_filename == redirect.__file__, fn
+        code = getattr(fn, "_torchdevice_python", fn).__code__
+        assert code.co_filename == redirect.__file__, fn
         plain = fn.__wrapped__
-        assert plain.__code__.co_filename == redirect.__file__ and plain.__code__ is not fn.__code__
+        plain_code = getattr(plain, "_torchdevice_python", plain).__code__
+        assert plain_code.co_filename == redirect.__file__ and plain_code is not code
         assert not hasattr(plain, "_torchdevice_recorder")
     seen = []
 

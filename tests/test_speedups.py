@@ -8,8 +8,12 @@ import gc
 import inspect
 import json
 import pathlib
+import os
 import pickle
+import shutil
+import subprocess
 import sys
+import textwrap
 import types
 import warnings
 import weakref
@@ -186,12 +190,68 @@ def test_pure_python_variable_is_read_at_activation():
     assert json.loads(fast.stdout) == {"zeros": "Forwarder", "to": "MethodForwarder", "lands": "cpu"}
 
 
-def test_report_and_float64_layer_keep_the_python_wrappers(unpatched, tmp_path):
-    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "r.json"))
-    try:
-        assert type(torch.zeros) is types.FunctionType and type(torch.Tensor.to) is types.FunctionType
-    finally:
-        torchdevice.unpatch()
+@pytest.fixture
+def reporting(unpatched, tmp_path):
+    """The report on, with the accelerator; yields a function returning the rows of this file."""
+    from torchdevice.core import report
+
+    saved = dict(os.environ)
+    report._state = None
+    report._apis.clear()
+    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "r.json"), pure_python=False)
+    report.discard()
+    yield lambda: sorted((r["api"], r["line"], r["asked"], r["count"]) for r in report.snapshot()["calls"]
+                         if r["file"] == __file__)
+    torchdevice.unpatch()
+    spool = report._state.spool if report._state else None
+    report._state = None
+    report._apis.clear()
+    os.environ.clear()
+    os.environ.update(saved)
+    if spool:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+@pytest.mark.skipif(not speedups.COUNTS_SITES, reason="counting report sites in C needs Python >= 3.11")
+def test_report_counts_a_known_site_in_c(reporting):
+    assert isinstance(torch.zeros, speedups.Forwarder) and isinstance(torch.Tensor.to, speedups.MethodForwarder)
+    assert torch.zeros._torchdevice_recorder.name == "torch.zeros"  # built by the recording variant
+    t = torch.ones(2)
+    wrappers = {torch.zeros._torchdevice_python.__code__, torch.Tensor.to._torchdevice_python.__code__}
+    ran = []
+    for _ in range(4):
+        # The first pass runs the recording wrappers (they count and fill the report's fast
+        # table); from the second on, the forwarders count these sites without them.
+        ran.append(bool(wrappers & set(python_calls(lambda: (torch.zeros(2, device="cuda"), t.to("cuda"))))))
+    assert ran == [True, False, False, False]
+    line = inspect.currentframe().f_lineno - 2
+    assert reporting() == [("Tensor.to", line, "cuda", 4), ("torch.zeros", line, "cuda", 4)]
+
+
+def test_report_counts_match_with_and_without_the_accelerator(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        x = torch.ones(3)
+        dev = torch.device("cuda")
+        def helper(n):
+            return torch.empty(n, device=dev)
+        for i in range(6):
+            torch.zeros(2, device="cuda"); torch.zeros(2, device="cuda:0")
+            x.to("cuda"), x.to(device=dev), x.to(f"cuda:{i % 2}"), x.to(torch.float16), x.to("cpu")
+            x.new_zeros(2, device="cuda"), helper(i), torch.ones(1, device=i % 2)
+        print("ok")
+    """))
+    rows = {}
+    for pure in ("0", "1"):
+        out = tmp_path / f"report{pure}.json"
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                              env=clean_env(TORCHDEVICE_REPORT=str(out), TORCHDEVICE_PURE_PYTHON=pure))
+        assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+        rows[pure] = sorted((r["api"], r["line"], r["asked"], r["count"], r.get("via")) for r in
+                            json.loads(out.read_text())["calls"])
+    assert rows["0"] == rows["1"]
+    assert ("Tensor.to", 9, "cuda:1", 3, None) in rows["0"] and ("torch.empty", 6, "cuda", 6, None) in rows["0"]
 
 
 def test_forwarders_look_like_the_functions_they_replace(accelerated):

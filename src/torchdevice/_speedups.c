@@ -18,6 +18,15 @@
  * The wrapper stays the one source of behaviour: this file never decides what
  * a device maps to, it only reuses an answer map_device already stored.
  *
+ * With the migration report on, a forwarder also holds the ``fast`` table of
+ * the report's site for its API (core/report.py, _Site): instruction offset ->
+ * (code, device spec, counter). A cache hit that maps the spec is counted here
+ * when the table names the calling instruction with the same code object and
+ * the same spec object (what the recording wrapper checks inline); any other
+ * mapped call goes to the recording wrapper, which counts it and fills the
+ * table. COUNTS_SITES is 0 where the interpreter has no PyFrame_GetLasti
+ * (before 3.11): the report then keeps to the Python wrappers.
+ *
  * Rules: FACTORY (the device is keyword "device"), FACTORY_PIN (the same, and
  * any "pin_memory" keyword goes to the wrapper), TENSOR_TO (the device is the
  * first argument after self, or keyword "device").
@@ -55,6 +64,7 @@ typedef struct {
     PyObject *wrapper;
     PyObject *reduce;
     PyObject *cache;
+    PyObject *fast;
     PyObject *dict;
     PyObject *weakreflist;
     PyTypeObject *dtype_type;
@@ -92,6 +102,61 @@ keyword_index(PyObject *kwnames, PyObject *name)
 
 #define SMALL_CALL 12
 
+#if PY_VERSION_HEX >= 0x030B0000
+#define COUNTS_SITES 1
+#else
+#define COUNTS_SITES 0
+#endif
+
+/* With the report on: count a call that maps ``spec``, at its calling instruction, if the
+ * report's fast table already knows that instruction for this spec. 1: counted; 0: not
+ * answered here (the recording wrapper must run); -1: error. */
+static int
+count_site(Forwarder *fw, PyObject *spec)
+{
+#if COUNTS_SITES
+    PyFrameObject *frame = PyEval_GetFrame();  /* the caller's: a C call pushes no frame */
+    if (frame == NULL) {
+        return 0;
+    }
+    PyObject *offset = PyLong_FromLong(PyFrame_GetLasti(frame));
+    if (offset == NULL) {
+        return -1;
+    }
+    PyObject *node = PyDict_GetItemWithError(fw->fast, offset);
+    Py_DECREF(offset);
+    if (node == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) != 3 || PyTuple_GET_ITEM(node, 1) != spec) {
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    int same = (PyObject *)code == PyTuple_GET_ITEM(node, 0);
+    Py_DECREF(code);
+    if (!same) {
+        return 0;
+    }
+    PyObject *counter = PyTuple_GET_ITEM(node, 2);
+    iternextfunc next = Py_TYPE(counter)->tp_iternext;
+    if (next == NULL) {
+        return 0;
+    }
+    Py_INCREF(counter);  /* the table may change while the counter runs */
+    PyObject *value = next(counter);
+    Py_DECREF(counter);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_DECREF(value);
+    return 1;
+#else
+    (void)fw;
+    (void)spec;
+    return 0;
+#endif
+}
+
 /* Call the original with args[index] replaced by the cached mapping of it: what the
  * Python wrapper does on a cache hit. A miss (or an unhashable value, or a call with
  * more arguments than SMALL_CALL) goes to the wrapper, which maps and fills the cache. */
@@ -112,6 +177,15 @@ call_mapped(Forwarder *fw, PyObject *const *args, size_t nargsf, PyObject *kwnam
             PyErr_Clear();  /* unhashable: the wrapper decides */
         }
         return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
+    }
+    if (fw->fast != NULL && mapped != args[index]) {  /* a spec that was mapped: the report counts it */
+        int counted = count_site(fw, args[index]);
+        if (counted < 0) {
+            return NULL;
+        }
+        if (counted == 0) {
+            return PyObject_Vectorcall(fw->wrapper, args, nargsf, kwnames);
+        }
     }
     PyObject *stack[SMALL_CALL + 1];
     memcpy(stack + 1, args, total * sizeof(PyObject *));
@@ -162,15 +236,23 @@ forwarder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObj
 static PyObject *
 forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"original", "wrapper", "rule", "dtype", "reduce", "cache", NULL};
-    PyObject *original, *wrapper, *dtype_type, *reduce = Py_None, *cache = Py_None;
+    static char *keywords[] = {"original", "wrapper", "rule", "dtype", "reduce", "cache", "fast", NULL};
+    PyObject *original, *wrapper, *dtype_type, *reduce = Py_None, *cache = Py_None, *fast = Py_None;
     int rule;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|OO:Forwarder", keywords,
-                                     &original, &wrapper, &rule, &dtype_type, &reduce, &cache)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|OOO:Forwarder", keywords,
+                                     &original, &wrapper, &rule, &dtype_type, &reduce, &cache, &fast)) {
         return NULL;
     }
     if (cache != Py_None && !PyDict_CheckExact(cache)) {
         PyErr_SetString(PyExc_TypeError, "Forwarder: cache must be a dict or None");
+        return NULL;
+    }
+    if (fast != Py_None && !PyDict_CheckExact(fast)) {
+        PyErr_SetString(PyExc_TypeError, "Forwarder: fast must be a dict or None");
+        return NULL;
+    }
+    if (fast != Py_None && !COUNTS_SITES) {
+        PyErr_SetString(PyExc_ValueError, "Forwarder: this interpreter cannot count report sites in C (COUNTS_SITES is 0)");
         return NULL;
     }
     if (rule < RULE_FACTORY || rule > RULE_TENSOR_TO) {
@@ -194,6 +276,7 @@ forwarder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     fw->dtype_type = (PyTypeObject *)Py_NewRef(dtype_type);
     fw->reduce = reduce == Py_None ? NULL : Py_NewRef(reduce);
     fw->cache = cache == Py_None ? NULL : Py_NewRef(cache);
+    fw->fast = fast == Py_None ? NULL : Py_NewRef(fast);
     fw->rule = rule;
     fw->vectorcall = forwarder_vectorcall;
     return (PyObject *)fw;
@@ -206,6 +289,7 @@ forwarder_traverse(Forwarder *fw, visitproc visit, void *arg)
     Py_VISIT(fw->wrapper);
     Py_VISIT(fw->reduce);
     Py_VISIT(fw->cache);
+    Py_VISIT(fw->fast);
     Py_VISIT(fw->dict);
     Py_VISIT(fw->dtype_type);
     return 0;
@@ -218,6 +302,7 @@ forwarder_clear(Forwarder *fw)
     Py_CLEAR(fw->wrapper);
     Py_CLEAR(fw->reduce);
     Py_CLEAR(fw->cache);
+    Py_CLEAR(fw->fast);
     Py_CLEAR(fw->dict);
     Py_CLEAR(fw->dtype_type);
     return 0;
@@ -313,7 +398,7 @@ static PyGetSetDef forwarder_getset[] = {
 static PyTypeObject ForwarderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "torchdevice._speedups.Forwarder",
-    .tp_doc = "Forwarder(original, wrapper, rule, dtype, reduce=None): calls needing no device "
+    .tp_doc = "Forwarder(original, wrapper, rule, dtype, reduce=None, cache=None, fast=None): calls needing no device "
               "mapping go to original, others to wrapper.",
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     FORWARDER_FIELDS,
@@ -365,7 +450,8 @@ PyInit__speedups(void)
     }
     if (PyModule_AddIntConstant(m, "FACTORY", RULE_FACTORY) < 0
         || PyModule_AddIntConstant(m, "FACTORY_PIN", RULE_FACTORY_PIN) < 0
-        || PyModule_AddIntConstant(m, "TENSOR_TO", RULE_TENSOR_TO) < 0) {
+        || PyModule_AddIntConstant(m, "TENSOR_TO", RULE_TENSOR_TO) < 0
+        || PyModule_AddIntConstant(m, "COUNTS_SITES", COUNTS_SITES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -235,15 +235,17 @@ def hook(record, owner, raw, replacement, original=None):
     is_class = isinstance(owner, type)
     api_name = f"{owner.__name__}.{record.name}" if is_class else record.target
     cuda_owner = record.owner.startswith(_CUDA_OWNERS)
+    # A C forwarder (ops/device/redirect.py) is read through the Python wrapper it runs.
+    function = getattr(replacement, "_torchdevice_python", replacement)
     if isinstance(replacement, type):
         method = False
-    elif isinstance(replacement, (types.FunctionType, types.BuiltinFunctionType, functools.partial)):
+    elif isinstance(function, (types.FunctionType, types.BuiltinFunctionType, functools.partial)):
         method = is_class and not isinstance(raw, (staticmethod, classmethod))
     else:
         return replacement  # constants, descriptors, instances: nothing to count
     special = _SPECIAL.get(api_name)
     always = special is None and (cuda_owner or record.kind == UNSUPPORTED)
-    plan = special or _extractor(replacement, method, always)
+    plan = special or _extractor(function, method, always)
     direct_only = (always or (plan is not None and plan[0] == "const")) and record.kind != UNSUPPORTED
     api = _Api(api_name, record.kind, record.note, used, direct_only=direct_only)
     if plan is None:

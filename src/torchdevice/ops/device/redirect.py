@@ -35,8 +35,9 @@ themselves.
 With the migration report on (core/report.py), factories, ``Tensor.to`` and
 ``Tensor.cuda`` are built from their ``_recording_*`` variants instead: the
 same code with the report's call-site count inlined where the device argument
-is mapped. The plain wrappers are what is installed with the report off, and
-are never slowed by it.
+is mapped (with the accelerator, the forwarders count a call site the report
+already knows in C). The plain wrappers are what is installed with the report
+off, and are never slowed by it.
 """
 import dataclasses
 import functools
@@ -178,8 +179,9 @@ def _factory(original, strip_pin_memory, accelerate=None):
     return _forwarder(original, wrapper, speedups.FACTORY_PIN if strip_pin_memory else speedups.FACTORY, accelerate)
 
 
-def _recording_factory(strip_pin_memory):
-    """``Patch.recording`` for ``_factory``: the same wrapper, counting calls that map a device."""
+def _recording_factory(strip_pin_memory, accelerate=None):
+    """``Patch.recording`` for ``_factory``: the same wrapper, counting calls that map a device;
+    with ``accelerate`` a forwarder around it that counts known sites in C (``_forwarder``)."""
     def recording(original, site):
         cache = _device.DEVICE_CACHE
         resolve = _device.map_device
@@ -211,7 +213,12 @@ def _recording_factory(strip_pin_memory):
             if kwargs:
                 return original(*args, **kwargs)
             return original(*args)
-        return functools.wraps(original)(factory)
+        wrapper = functools.wraps(original)(factory)
+        if accelerate is None:
+            return wrapper
+        speedups = _speedups()
+        rule = speedups.FACTORY_PIN if strip_pin_memory else speedups.FACTORY
+        return _forwarder(original, wrapper, rule, accelerate, site.fast)
     return recording
 
 
@@ -289,13 +296,14 @@ def _speedups():
     return module
 
 
-def _forwarder(original, wrapper, rule, reference):
+def _forwarder(original, wrapper, rule, reference, fast=None):
+    """The C forwarder around ``wrapper``; ``fast``: the report site's table (report on)."""
     speedups = _speedups()
     owner, name = reference
     kind = speedups.MethodForwarder if isinstance(resolve(owner), type) else speedups.Forwarder
     module, _, qualname = owner.partition(".") if kind is speedups.MethodForwarder else (owner, "", "")
     path = f"{module}:{qualname + '.' if qualname else ''}{name}"
-    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE)
+    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE, fast)
     functools.update_wrapper(forwarder, original)
     if getattr(forwarder, "__module__", None) is None:
         forwarder.__module__ = module
@@ -332,19 +340,20 @@ def _accelerate(cfg, policy):
     global _accelerator
     if cfg.pure_python:
         _accelerator = "off: TORCHDEVICE_PURE_PYTHON is set"
-    elif cfg.report:
-        _accelerator = "off: the migration report counts calls in the Python wrappers"
     elif policy is not None:
         _accelerator = "off: float64 tensors headed to this target go through the Python wrappers"
     elif _speedups() is None:
         _accelerator = "not built (no C compiler when torchdevice was installed)"
+    elif cfg.report and not _speedups().COUNTS_SITES:
+        _accelerator = "off: the migration report counts calls in the Python wrappers before Python 3.11"
     else:
         _accelerator = "active"
     return _accelerator == "active"
 
 
-def _recording_tensor_to(original, site):
-    """``Patch.recording`` for ``_tensor_to``: the same wrapper, counting calls that map a device."""
+def _recording_tensor_to(original, site, accelerate=None):
+    """``Patch.recording`` for ``_tensor_to``: the same wrapper, counting calls that map a device;
+    with ``accelerate`` a forwarder around it, as ``_recording_factory``."""
     cache = _device.DEVICE_CACHE
     resolve = _device.map_device
     getframe = sys._getframe
@@ -399,7 +408,10 @@ def _recording_tensor_to(original, site):
         if non_blocking is not _NO_ARG:
             kwargs["non_blocking"] = non_blocking
         return original(self, **kwargs)
-    return functools.wraps(original)(to)
+    wrapper = functools.wraps(original)(to)
+    if accelerate is None:
+        return wrapper
+    return _forwarder(original, wrapper, _speedups().TENSOR_TO, accelerate, site.fast)
 
 
 def _check_cuda_arg(api, spec):
@@ -996,7 +1008,7 @@ def records():
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
         Patch("torch.Tensor", "to", functools.partial(_tensor_to, accelerate=("torch.Tensor", "to") if fast else None),
-              recording=_recording_tensor_to),
+              recording=functools.partial(_recording_tensor_to, accelerate=("torch.Tensor", "to") if fast else None)),
         Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target), recording=_recording_tensor_cuda(target)),
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
@@ -1021,7 +1033,7 @@ def records():
         strip = pin and not target.pinned_memory
         out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip,
                                                         accelerate=(owner, name) if fast else None),
-                         recording=_recording_factory(strip)))
+                         recording=_recording_factory(strip, accelerate=(owner, name) if fast else None)))
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
