@@ -5,8 +5,10 @@ torch here patches nothing by itself; tests activate explicitly and strictly
 with the ``patched`` fixture, and check the autoload path in subprocesses and
 fresh virtual environments (tests/test_autoload.py).
 """
+import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,32 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="torchdevice-test-cache-"
 
 import torch  # noqa: F401,E402
 import torchdevice  # noqa: E402
+
+
+@contextlib.contextmanager
+def report_on(path, pure_python):
+    """torchdevice active (strict, CPU target) with the migration report writing to ``path``,
+    from a fresh report state; yields core.report. Undone on exit, environment included."""
+    from torchdevice.core import report
+
+    torchdevice.unpatch()
+    report._state = None
+    report._apis.clear()
+    saved = dict(os.environ)
+    os.environ.pop(report.SPOOL_ENV, None)
+    torchdevice.patch(strict=True, device="cpu", report=str(path), pure_python=pure_python)
+    report.discard()
+    try:
+        yield report
+    finally:
+        torchdevice.unpatch()
+        spool = report._state.spool if report._state else None
+        report._state = None
+        report._apis.clear()
+        os.environ.clear()
+        os.environ.update(saved)
+        if spool:
+            shutil.rmtree(spool, ignore_errors=True)
 
 
 @pytest.fixture

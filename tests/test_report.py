@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torchdevice
-from conftest import clean_env, run_python
+from conftest import clean_env, report_on, run_python
 from torchdevice.core import patch as _patch
 from torchdevice.core import report, sites
 from torchdevice.core.patch import EMULATED, UNSUPPORTED, Patch
@@ -39,21 +39,8 @@ def fresh_state():
 def recording(tmp_path, request):
     """torchdevice active with the report on, with the C accelerator (where it was built) and
     without; yields a function returning this process's rows."""
-    torchdevice.unpatch()
-    fresh_state()
-    saved = dict(os.environ)
-    os.environ.pop(report.SPOOL_ENV, None)
-    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "report.json"),
-                      pure_python=request.param == "pure")
-    report.discard()
-    yield lambda: report.snapshot()
-    torchdevice.unpatch()
-    spool = report._state.spool if report._state else None
-    fresh_state()
-    os.environ.clear()
-    os.environ.update(saved)
-    if spool:
-        shutil.rmtree(spool, ignore_errors=True)
+    with report_on(tmp_path / "report.json", pure_python=request.param == "pure"):
+        yield lambda: report.snapshot()
 
 
 def rows_for(rows, api):

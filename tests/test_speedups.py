@@ -8,9 +8,7 @@ import gc
 import inspect
 import json
 import pathlib
-import os
 import pickle
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,7 +20,7 @@ import pytest
 import torch
 
 import torchdevice
-from conftest import clean_env, run_python
+from conftest import clean_env, report_on, run_python
 
 speedups = pytest.importorskip("torchdevice._speedups", reason="the C accelerator was not built here")
 
@@ -191,25 +189,11 @@ def test_pure_python_variable_is_read_at_activation():
 
 
 @pytest.fixture
-def reporting(unpatched, tmp_path):
+def reporting(tmp_path):
     """The report on, with the accelerator; yields a function returning the rows of this file."""
-    from torchdevice.core import report
-
-    saved = dict(os.environ)
-    report._state = None
-    report._apis.clear()
-    torchdevice.patch(strict=True, device="cpu", report=str(tmp_path / "r.json"), pure_python=False)
-    report.discard()
-    yield lambda: sorted((r["api"], r["line"], r["asked"], r["count"]) for r in report.snapshot()["calls"]
-                         if r["file"] == __file__)
-    torchdevice.unpatch()
-    spool = report._state.spool if report._state else None
-    report._state = None
-    report._apis.clear()
-    os.environ.clear()
-    os.environ.update(saved)
-    if spool:
-        shutil.rmtree(spool, ignore_errors=True)
+    with report_on(tmp_path / "r.json", pure_python=False) as report:
+        yield lambda: sorted((r["api"], r["line"], r["asked"], r["count"]) for r in report.snapshot()["calls"]
+                             if r["file"] == __file__)
 
 
 @pytest.mark.skipif(not speedups.COUNTS_SITES, reason="counting report sites in C needs Python >= 3.11")

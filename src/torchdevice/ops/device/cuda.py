@@ -154,7 +154,7 @@ def resolve_index(device, target_type):
     and ``N`` name N. ``-1`` names the selected index too: it is what ``x.get_device()``
     answers on the CPU target (core/device.py). Any other device raises torch's ValueError.
     """
-    if device == -1 and type(device) is int:
+    if type(device) is int and device == -1:
         return _device.current_index
     if isinstance(device, str):
         device = _RealDevice(device)

@@ -172,11 +172,11 @@ def _factory(original, strip_pin_memory, accelerate=None):
             if kwargs:
                 return original(*args, **kwargs)
             return original(*args)
-    wrapper = functools.wraps(original)(factory)
-    if accelerate is None:
-        return wrapper
-    speedups = _speedups()
-    return _forwarder(original, wrapper, speedups.FACTORY_PIN if strip_pin_memory else speedups.FACTORY, accelerate)
+    return _forwarder(original, functools.wraps(original)(factory), _factory_rule(strip_pin_memory), accelerate)
+
+
+def _factory_rule(strip_pin_memory):
+    return "FACTORY_PIN" if strip_pin_memory else "FACTORY"
 
 
 def _recording_factory(strip_pin_memory, accelerate=None):
@@ -213,12 +213,8 @@ def _recording_factory(strip_pin_memory, accelerate=None):
             if kwargs:
                 return original(*args, **kwargs)
             return original(*args)
-        wrapper = functools.wraps(original)(factory)
-        if accelerate is None:
-            return wrapper
-        speedups = _speedups()
-        rule = speedups.FACTORY_PIN if strip_pin_memory else speedups.FACTORY
-        return _forwarder(original, wrapper, rule, accelerate, site.fast)
+        return _forwarder(original, functools.wraps(original)(factory), _factory_rule(strip_pin_memory), accelerate,
+                          site.fast)
     return recording
 
 
@@ -264,10 +260,7 @@ def _tensor_to(original, accelerate=None):
         if non_blocking is not _NO_ARG:
             kwargs["non_blocking"] = non_blocking
         return original(self, **kwargs)
-    wrapper = functools.wraps(original)(to)
-    if accelerate is None:
-        return wrapper
-    return _forwarder(original, wrapper, _speedups().TENSOR_TO, accelerate)
+    return _forwarder(original, functools.wraps(original)(to), "TENSOR_TO", accelerate)
 
 
 def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
@@ -285,8 +278,9 @@ def _to_general(original, self, mapped, rest, device, non_blocking, kwargs):
 # whose device spec DEVICE_CACHE already maps to the original with the cached value (what the
 # wrapper does on a hit), and every other call to the Python wrapper above, which stays the
 # one source of behaviour (only map_device fills the cache).
-# Used for the plain factory and Tensor.to wrappers only, decided when the area applies:
-# not with TORCHDEVICE_PURE_PYTHON=1, the migration report, or the float64 layer.
+# Used for the plain factory and Tensor.to wrappers only, decided when the area applies
+# (_accelerate): not with TORCHDEVICE_PURE_PYTHON=1, the float64 layer, or the migration
+# report before Python 3.11; with the report on, the forwarders count known sites in C.
 def _speedups():
     """torchdevice._speedups, or None when it was not built for this interpreter."""
     try:
@@ -297,13 +291,17 @@ def _speedups():
 
 
 def _forwarder(original, wrapper, rule, reference, fast=None):
-    """The C forwarder around ``wrapper``; ``fast``: the report site's table (report on)."""
+    """What is installed: ``wrapper`` itself when ``reference`` is None (no accelerator), else
+    the C forwarder around it, with the named rule (``"FACTORY"``, ``"FACTORY_PIN"``,
+    ``"TENSOR_TO"``) and, with the report on, the report site's table ``fast``."""
+    if reference is None:
+        return wrapper
     speedups = _speedups()
     owner, name = reference
     kind = speedups.MethodForwarder if isinstance(resolve(owner), type) else speedups.Forwarder
     module, _, qualname = owner.partition(".") if kind is speedups.MethodForwarder else (owner, "", "")
     path = f"{module}:{qualname + '.' if qualname else ''}{name}"
-    forwarder = kind(original, wrapper, rule, torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE, fast)
+    forwarder = kind(original, wrapper, getattr(speedups, rule), torch.dtype, (pkgutil.resolve_name, (path,)), _device.DEVICE_CACHE, fast)
     functools.update_wrapper(forwarder, original)
     if getattr(forwarder, "__module__", None) is None:
         forwarder.__module__ = module
@@ -338,13 +336,14 @@ def accelerator():
 def _accelerate(cfg, policy):
     """Whether the plain factory and Tensor.to wrappers get forwarders (decided once, at apply time)."""
     global _accelerator
+    speedups = _speedups()
     if cfg.pure_python:
         _accelerator = "off: TORCHDEVICE_PURE_PYTHON is set"
     elif policy is not None:
         _accelerator = "off: float64 tensors headed to this target go through the Python wrappers"
-    elif _speedups() is None:
+    elif speedups is None:
         _accelerator = "not built (no C compiler when torchdevice was installed)"
-    elif cfg.report and not _speedups().COUNTS_SITES:
+    elif cfg.report and not speedups.COUNTS_SITES:
         _accelerator = "off: the migration report counts calls in the Python wrappers before Python 3.11"
     else:
         _accelerator = "active"
@@ -408,10 +407,7 @@ def _recording_tensor_to(original, site, accelerate=None):
         if non_blocking is not _NO_ARG:
             kwargs["non_blocking"] = non_blocking
         return original(self, **kwargs)
-    wrapper = functools.wraps(original)(to)
-    if accelerate is None:
-        return wrapper
-    return _forwarder(original, wrapper, _speedups().TENSOR_TO, accelerate, site.fast)
+    return _forwarder(original, functools.wraps(original)(to), "TENSOR_TO", accelerate, site.fast)
 
 
 def _check_cuda_arg(api, spec):
@@ -1003,12 +999,13 @@ def records():
     cfg = active_config()
     policy = None if target.float64 else _Float64Policy(target, cfg.mps_float64)
     fast = _accelerate(cfg, policy)
+    to_reference = ("torch.Tensor", "to") if fast else None
     out = [
         Patch("torch", "device", _device_type, kind=EMULATED, recording=_recording_device_type,
               note="CUDA device objects keep type 'cuda'; a bare index names cuda:N"),
         Patch("torch", "Generator", _generator_type, note="CUDA generators are made on the target"),
-        Patch("torch.Tensor", "to", functools.partial(_tensor_to, accelerate=("torch.Tensor", "to") if fast else None),
-              recording=functools.partial(_recording_tensor_to, accelerate=("torch.Tensor", "to") if fast else None)),
+        Patch("torch.Tensor", "to", functools.partial(_tensor_to, accelerate=to_reference),
+              recording=functools.partial(_recording_tensor_to, accelerate=to_reference)),
         Patch("torch.Tensor", "cuda", lambda original: _tensor_cuda(target), recording=_recording_tensor_cuda(target)),
         Patch("torch.Tensor", "pin_memory", _pin_memory, kind=NOOP,
               note="returns the tensor: the target reads host memory directly"),
@@ -1031,9 +1028,9 @@ def records():
                          note="torch.compile puts the C forwarders into graphs as the torch functions they replace"))
     for owner, name, pin in device_functions():
         strip = pin and not target.pinned_memory
-        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip,
-                                                        accelerate=(owner, name) if fast else None),
-                         recording=_recording_factory(strip, accelerate=(owner, name) if fast else None)))
+        reference = (owner, name) if fast else None
+        out.append(Patch(owner, name, functools.partial(_factory, strip_pin_memory=strip, accelerate=reference),
+                         recording=_recording_factory(strip, accelerate=reference)))
     for name in _legacy_names():
         out.append(Patch("torch.cuda", name, _legacy_type(name, target), kind=EMULATED,
                          note="legacy type built on the target"))
