@@ -163,3 +163,21 @@ def test_uninstalled_means_untouched(tmp_path):
     code = "import torch; print(torch.device is torch._C.device)"
     result = run_python(code, python=python)
     assert result.returncode == 0 and result.stdout.strip() == "True" and result.stderr == ""
+
+
+@pytest.mark.parametrize("kind", ["wheel", "editable"])
+def test_installed_under_the_distribution_name(kind, request):
+    """pip knows the install as torchdevice-autoload (never as the unrelated index package torchdevice)."""
+    python = request.getfixturevalue(f"{kind}_python")
+    code = """
+    import json, importlib.metadata as md, torchdevice
+    dist = md.distribution("torchdevice-autoload")
+    try:
+        md.distribution("torchdevice"); other = True
+    except md.PackageNotFoundError:
+        other = False
+    print(json.dumps({"version": dist.version, "ours": torchdevice.__version__, "other": other,
+                      "scripts": [e.name for e in dist.entry_points if e.group == "console_scripts"]}))
+    """
+    out, _ = run_json(python, code=code)
+    assert out == {"version": out["ours"], "ours": out["ours"], "other": False, "scripts": ["torchdevice"]}

@@ -301,3 +301,39 @@ def test_store_ignores_foreign_and_broken_files(tmp_path, monkeypatch):
     path.write_text("{broken")
     assert _cli_cache.load("abc") is None
     assert _cli_cache.load(None) is None
+
+
+# -- the distribution name (torchdevice/_distribution.py) ------------------------------------------
+def _fake_dist_info(site, name, version, summary):
+    folder = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    folder.mkdir()
+    (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: {summary}\n")
+    (folder / "RECORD").write_text("")
+
+
+def test_distribution_is_found_by_its_published_name_and_a_clash_is_named(tmp_path, monkeypatch):
+    from torchdevice import _distribution
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _distribution.clash() is None or "torchdevice" in _distribution.clash()
+    _fake_dist_info(tmp_path, "torchdevice-autoload", "9.8.7", "ours")
+    assert _distribution.installed_version() == "9.8.7"
+    _fake_dist_info(tmp_path, "torchdevice", "0.1.3", "Setup CUDA_VISIBLE_DEVICES")
+    clash = _distribution.clash()
+    assert clash.startswith("the distribution 'torchdevice' 0.1.3 (Setup CUDA_VISIBLE_DEVICES) is installed too")
+    assert "pip uninstall torchdevice" in clash
+    assert _distribution.describe() == {"name": "torchdevice-autoload", "version": "9.8.7", "clash": clash}
+
+
+def test_info_names_the_distribution_and_warns_of_the_clash(tmp_path):
+    import os
+
+    _fake_dist_info(tmp_path, "torchdevice", "0.1.3", "Setup CUDA_VISIBLE_DEVICES")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    done = info(env=clean_env(PYTHONPATH=path, TORCHDEVICE_LOG_LEVEL="error"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("distribution torchdevice-autoload ")
+    assert lines[2].startswith("             WARNING: the distribution 'torchdevice' 0.1.3")
+    data = json.loads(info("--json", env=clean_env(PYTHONPATH=path)).stdout)
+    assert data["distribution"]["name"] == "torchdevice-autoload" and "0.1.3" in data["distribution"]["clash"]

@@ -42,7 +42,7 @@ def create(prefix: Path, *, editable: bool) -> Path:
 
 
 def uninstall(prefix: Path) -> None:
-    subprocess.run([str(python_of(prefix)), "-m", "pip", "uninstall", "-y", "-q", "torchdevice"],
+    subprocess.run([str(python_of(prefix)), "-m", "pip", "uninstall", "-y", "-q", "torchdevice-autoload"],
                    check=True, capture_output=True, text=True, timeout=300)
 
 

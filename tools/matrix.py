@@ -100,7 +100,7 @@ def build_wheel(out_dir):
     shutil.rmtree(dist, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
                    check=True)
-    return next(dist.glob("torchdevice-*.whl"))
+    return next(dist.glob("torchdevice_autoload-*.whl"))
 
 
 def run_env(tox, env, env_dir, out_dir, pytest_args, log, wheel):

@@ -118,7 +118,7 @@ def collect():
     imports torch, unless a stored answer for this exact torch build,
     torchdevice code and configuration exists (``_cli_cache``).
     """
-    from . import __version__, _cli_cache
+    from . import __version__, _cli_cache, _distribution
     from .core import config
 
     start = autoload_state()
@@ -133,6 +133,7 @@ def collect():
                      "platform": platform.platform()})
     return {
         "torchdevice": __version__,
+        "distribution": _distribution.describe(),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "torch": part["torch"],
         "hardware": hardware,
@@ -177,6 +178,11 @@ def _torch_part():
 def render(info) -> str:
     """The text form of ``collect()``."""
     lines = [f"torchdevice {info['torchdevice']}  ({info['python']})"]
+    dist = info["distribution"]
+    installed = f"{dist['version']} installed" if dist["version"] else "not installed (running from a checkout)"
+    lines.append(f"distribution {dist['name']} {installed}")
+    if dist["clash"]:
+        lines.append(f"             WARNING: {dist['clash']}")
     t = info["torch"]
     lines.append(f"torch        {t['version']}, {t['build']}  ({t['path']})")
     hw = info["hardware"]
