@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import torchdevice
+from torch_features import needs
 from torchdevice import coverage
 from torchdevice.core.patch import REGISTRY
 
@@ -13,9 +14,16 @@ DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cuda-coverage.m
 
 
 def test_every_public_name_is_classified_when_all_areas_apply(patched):
-    rows = coverage.coverage_rows()
+    rows = coverage.coverage_rows(namespace="torch.cuda")
     assert [row["name"] for row in rows] == sorted(torch.cuda.__all__, key=lambda n: (n.lower(), n))
-    for row in rows:
+    accelerator = coverage.coverage_rows(namespace="torch.accelerator")
+    accelerator_names = sorted(getattr(getattr(torch, "accelerator", None), "__all__", ()),
+                               key=lambda n: (n.lower(), n))
+    assert [row["name"] for row in accelerator] == [f"torch.accelerator.{n}" for n in accelerator_names]
+    generic = coverage.coverage_rows(namespace="torch")
+    assert [row["name"] for row in generic] == [f"torch.{n}" for n in coverage.GENERIC_NAMES if hasattr(torch, n)]
+    assert coverage.coverage_rows() == rows + accelerator + generic, "all namespaces, torch.cuda first"
+    for row in rows + accelerator + generic:
         assert set(row) == {"name", "kind", "note"}
         assert row["kind"] in coverage.CLASSES, f"{row['name']} is {row['kind']}: classify it"
         assert row["note"], row
@@ -54,6 +62,29 @@ def test_a_new_torch_name_is_caught(patched, monkeypatch):
     assert rows["brand_new_api"]["kind"] == coverage.UNCLASSIFIED_KIND
 
 
+@needs("torch.accelerator")
+def test_a_new_torch_accelerator_name_is_caught(patched, monkeypatch):
+    monkeypatch.setattr(torch.accelerator, "__all__", list(torch.accelerator.__all__) + ["brand_new_api"])
+    rows = {row["name"]: row for row in coverage.coverage_rows()}
+    assert rows["torch.accelerator.brand_new_api"]["kind"] == coverage.UNCLASSIFIED_KIND
+
+
+@needs("torch.accelerator")
+def test_accelerator_classes_come_from_the_applied_records(patched):
+    rows = {row["name"]: row for row in coverage.coverage_rows(namespace="torch.accelerator")}
+    records = {a.record.name: a.record for _, a in REGISTRY.applied_records()
+               if a.record.owner == "torch.accelerator"}
+    assert set(rows) == {f"torch.accelerator.{name}" for name in records}
+    for name, record in records.items():
+        assert rows[f"torch.accelerator.{name}"] == {"name": f"torch.accelerator.{name}", "kind": record.kind,
+                                                     "note": record.note}
+
+
+def test_rejects_unknown_namespace():
+    with pytest.raises(ValueError, match="namespace"):
+        coverage.coverage_rows(namespace="torch.xpu")
+
+
 def test_declared_cpu_records_match_applied(unpatched):
     declared = coverage.coverage_rows("cpu")
     torchdevice.patch(strict=True, device="cpu")
@@ -84,5 +115,6 @@ def test_generated_doc_is_current(unpatched):
 def test_markdown_lists_every_name_once(unpatched):
     text = coverage.render_markdown()
     names = re.findall(r"^\| `([^`]+)` \|", text, flags=re.M)
-    assert sorted(names) == sorted(torch.cuda.__all__)
+    assert sorted(names) == sorted([row["name"] for row in coverage.coverage_rows("cpu")])
+    assert set(torch.cuda.__all__) <= set(names)
     assert "| `synchronize` | no-op (cpu), redirected (mps) |" in text

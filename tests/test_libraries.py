@@ -194,3 +194,43 @@ def test_accelerate_memory_planning_reads_cuda_memory(tmp_path):
     assert result["max_memory"].get("0", 0) > 0, "get_max_memory found GPU 0's free memory"
     assert result["auto_map"] == {"": "0"}, "with the real budget the whole model fits on GPU 0"
     assert "0" in result["balanced_keys"]
+
+
+def check_accelerate_state(result, mode, device, distributed_type, world, rank):
+    assert result["device"] == device and result["distributed_type"] == distributed_type
+    assert result["num_processes"] == world and result["process_index"] == rank
+    assert result["is_main_process"] is (rank == 0)
+    assert result["native_amp"] is True and result["autocast_cuda"] is True, "accelerate's CUDA autocast is on"
+    assert result["layer_dtype"] == {"fp16": "float16", "bf16": "bfloat16"}[mode]
+    assert result["scaler"] == ("GradScaler" if mode == "fp16" else None)
+    assert result["scaler_enabled"] is (True if mode == "fp16" else None)
+    assert result["input_device_type"] == TARGET_TYPE
+    assert result["losses"][-1] < result["losses"][0], "the prepared training steps lowered the loss"
+
+
+@needs_accelerate
+@pytest.mark.parametrize("mode", ["fp16", "bf16"])
+def test_accelerate_single_process_state(tmp_path, mode):
+    """accelerate decides from torch.accelerator.current_accelerator(): a CUDA device, so CUDA autocast."""
+    [result] = run_driver(tmp_path, "accelerate_state.py", mode)
+    check_accelerate_state(result, mode, "cuda", "DistributedType.NO", 1, 0)
+    assert result["gathered"] == [0.0]
+
+
+@needs_accelerate
+def test_accelerate_two_processes_under_torchrun(tmp_path):
+    """torchrun --nproc_per_node=2: both ranks see MULTI_GPU with two processes, DDP keeps them in sync."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0",
+                           str(DRIVERS / "accelerate_state.py"), "fp16"],
+                          env=_env(tmp_path, TORCHDEVICE_DEVICE_COUNT="2", OMP_NUM_THREADS="1"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(results) == 2, proc.stderr[-3000:]
+    by_rank = {r["process_index"]: r for r in results}
+    assert sorted(by_rank) == [0, 1]
+    for rank, result in by_rank.items():
+        check_accelerate_state(result, "fp16", f"cuda:{rank}", "DistributedType.MULTI_GPU", 2, rank)
+        assert result["wrapped"] == "DistributedDataParallel"
+        assert result["gathered"] == [0.0, 1.0], "accelerator.gather collected one value per rank"
+    assert by_rank[0]["param_sum"] == pytest.approx(by_rank[1]["param_sum"], abs=1e-9), "DDP kept ranks in sync"

@@ -1,8 +1,11 @@
-"""Coverage of torch.cuda: what every public name does while torchdevice redirects.
+"""Coverage of torch.cuda and torch.accelerator: what every public name does while torchdevice redirects.
 
 ``coverage_rows()`` lists each name of the running torch's ``torch.cuda.__all__``
-with its class, taken from the ``kind`` of the registry record that patches
-``torch.cuda.<name>``:
+(as ``name``), then each name of its ``torch.accelerator.__all__`` (as
+``torch.accelerator.name``; none before torch 2.6) and the device-generic entry
+points ``torch.get_device_module``, ``torch.Stream`` and ``torch.Event`` where
+this torch has them, with its class, taken from the ``kind`` of the registry
+record that patches it (``namespace=`` picks one of ``NAMESPACES``):
 
 * redirected: runs the target's equivalent;
 * emulated: behaviour rebuilt on the target;
@@ -64,12 +67,27 @@ UNCHANGED = {
 }
 
 _OWNER = "torch.cuda"
+_ACCELERATOR = "torch.accelerator"
+_GENERIC = "torch"
+# The namespaces a coverage table lists, in order.
+NAMESPACES = (_OWNER, _ACCELERATOR, _GENERIC)
+# The device-generic entry points of torch itself that CUDA code reaches.
+GENERIC_NAMES = ("Event", "Stream", "get_device_module")
 
 
-def _public_names():
+def _by_name(names):
+    return sorted(names, key=lambda name: (name.lower(), name))
+
+
+def _public_names(namespace=_OWNER):
     import torch
 
-    return sorted(torch.cuda.__all__, key=lambda name: (name.lower(), name))
+    if namespace == _OWNER:
+        return _by_name(torch.cuda.__all__)
+    if namespace == _ACCELERATOR:
+        module = getattr(torch, "accelerator", None)
+        return _by_name(getattr(module, "__all__", ())) if module is not None else []
+    return [name for name in GENERIC_NAMES if hasattr(torch, name)]
 
 
 def _applied_records():
@@ -172,9 +190,13 @@ def _members(submodule, records):
     return "; ".join(parts) if parts else "no members patched"
 
 
-def _rows(records):
+def _rows(records, namespace=_OWNER):
     rows = []
-    for name in _public_names():
+    for name in _public_names(namespace):
+        if namespace != _OWNER:
+            kind, note = records.get((namespace, name), (UNCLASSIFIED_KIND, "no registry record"))
+            rows.append({"name": f"{namespace}.{name}", "kind": kind, "note": note})
+            continue
         if (_OWNER, name) in records:
             kind, note = records[(_OWNER, name)]
         elif name in UNCHANGED:
@@ -187,33 +209,48 @@ def _rows(records):
     return rows
 
 
-def coverage_rows(device=None):
-    """Every public torch.cuda name with its class: a list of {"name", "kind", "note"}, sorted by name.
+def coverage_rows(device=None, namespace=None):
+    """Every public name with its class: a list of {"name", "kind", "note"}, sorted by name per namespace.
 
     ``device`` ("cpu" or "mps") picks the target; by default the active one,
-    or "cpu" when torchdevice is not active.
+    or "cpu" when torchdevice is not active. ``namespace`` (one of
+    ``NAMESPACES``) lists only that one; by default all, torch.cuda first.
     """
     if device not in (None, "cpu", "mps"):
         raise ValueError(f"coverage_rows(device=...) takes 'cpu' or 'mps', not {device!r}")
-    return _rows(_records_for(device))
+    if namespace is not None and namespace not in NAMESPACES:
+        raise ValueError(f"coverage_rows(namespace=...) takes one of {NAMESPACES}, not {namespace!r}")
+    records = _records_for(device)
+    return [row for space in NAMESPACES if namespace in (None, space) for row in _rows(records, space)]
 
 
 def _cell(text):
     return text.replace("|", "\\|")
 
 
+def _summary(rows):
+    counts = {}
+    for row in rows:
+        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+    return ", ".join(f"{counts[kind]} {kind}" for kind in CLASSES + (UNCLASSIFIED_KIND,) if kind in counts)
+
+
+def _table(cpu, mps):
+    lines = ["| name | class | on cpu | on mps |", "|---|---|---|---|"]
+    for on_cpu, on_mps in zip(cpu, mps):
+        kind = on_cpu["kind"] if on_cpu["kind"] == on_mps["kind"] else \
+            f"{on_cpu['kind']} (cpu), {on_mps['kind']} (mps)"
+        lines.append(f"| `{on_cpu['name']}` | {kind} | {_cell(on_cpu['note'])} | {_cell(on_mps['note'])} |")
+    return lines
+
+
 def render_markdown():
     """docs/cuda-coverage.md for the running torch: name, class, what happens on cpu and on mps."""
     import torch
 
-    cpu = coverage_rows("cpu")
-    mps = coverage_rows("mps")
+    cpu = {space: coverage_rows("cpu", space) for space in NAMESPACES}
+    mps = {space: coverage_rows("mps", space) for space in NAMESPACES}
     version = torch.__version__.split("+")[0]
-    counts = {}
-    for row in cpu:
-        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
-    summary = ", ".join(f"{counts[kind]} {kind}" for kind in CLASSES + (UNCLASSIFIED_KIND,)
-                        if kind in counts)
     lines = [
         "# torch.cuda coverage",
         "",
@@ -221,20 +258,27 @@ def render_markdown():
         "(`torchdevice.coverage.render_markdown()`); do not edit by hand. tests/test_coverage.py checks",
         "that it is current and that no name is unclassified.",
         "",
-        f"{len(cpu)} public names in `torch.cuda.__all__` (cpu target: {summary}).",
+        f"{len(cpu[_OWNER])} public names in `torch.cuda.__all__` (cpu target: {_summary(cpu[_OWNER])}).",
         "",
         "Classes: **redirected** runs the target's equivalent; **emulated** rebuilds the behaviour on the",
         "target; **no-op** has nothing to do there and returns what CUDA code expects; **unsupported**",
         "raises a clear error naming the API, the target and what to do instead; **unchanged** is",
         "correct without a patch. Behaviour details: docs/cuda-api.md.",
         "",
-        "| name | class | on cpu | on mps |",
-        "|---|---|---|---|",
+        *_table(cpu[_OWNER], mps[_OWNER]),
+        "",
+        "## torch.accelerator and the device-generic entry points",
+        "",
+        "They answer user code as on a CUDA machine (what torch.cuda answers); torch's own modules get",
+        "the real answers (docs/device-policy.md).",
+        "",
     ]
-    for on_cpu, on_mps in zip(cpu, mps):
-        kind = on_cpu["kind"] if on_cpu["kind"] == on_mps["kind"] else \
-            f"{on_cpu['kind']} (cpu), {on_mps['kind']} (mps)"
-        lines.append(f"| `{on_cpu['name']}` | {kind} | {_cell(on_cpu['note'])} | {_cell(on_mps['note'])} |")
+    if cpu[_ACCELERATOR]:
+        lines.append(f"{len(cpu[_ACCELERATOR])} public names in `torch.accelerator.__all__` "
+                     f"(cpu target: {_summary(cpu[_ACCELERATOR])}).")
+    else:
+        lines.append(f"torch {version} has no `torch.accelerator` (torch >= 2.6): its records are skipped.")
+    lines += ["", *_table(cpu[_ACCELERATOR] + cpu[_GENERIC], mps[_ACCELERATOR] + mps[_GENERIC])]
     return "\n".join(lines) + "\n"
 
 

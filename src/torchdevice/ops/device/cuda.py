@@ -374,7 +374,7 @@ def _unsupported(api, target, why, instead):
 
 
 def records():
-    from . import cuda_libs
+    from . import accelerator, cuda_libs
 
     target = _device.current()
     cfg = active_config()
@@ -466,7 +466,7 @@ def records():
             Patch("torch._C", "_cuda_getDeviceCount", _masquerade_original(count), kind=EMULATED,
                   note="CUDA builds: the masqueraded count for user code"),
         ]
-    return out + cuda_libs.records(target, cfg)
+    return out + cuda_libs.records(target, cfg) + accelerator.records(target, cfg)
 
 
 def apply_patches():

@@ -25,10 +25,9 @@ with that state's seed and warns once, so a resumed run is reproducible.
 patched with one object each, so ``torch.cuda.manual_seed is
 torch.cuda.random.manual_seed`` stays true.
 
-``torch.get_device_module("cuda")`` returns ``torch.cuda`` again (the device
-area maps the ``"cuda"`` string to the target, which would give ``torch.cpu``,
-a module without an RNG API), so ``torch.random.fork_rng()``, whose default
-device type is ``"cuda"``, forks and restores the target generator.
+``torch.get_device_module("cuda")`` returns ``torch.cuda`` (so ``torch.random.fork_rng()``,
+whose default device type is ``"cuda"``, forks and restores the target generator):
+that record lives with the device-generic API in ops/device/accelerator.py (area "cuda").
 """
 import functools
 
@@ -165,20 +164,6 @@ def _adopt(function):
     return make
 
 
-def _get_device_module(original):
-    cuda_module = torch.cuda
-    real_device = torch._C.device
-
-    def get_device_module(device=None):
-        if isinstance(device, str):
-            if device == "cuda" or device.startswith("cuda:"):
-                return cuda_module
-        elif type(device) is real_device and device.type == "cuda":
-            return cuda_module
-        return original(device)
-    return functools.wraps(original)(get_device_module)
-
-
 def records():
     target = _device.current()
     cfg = active_config()
@@ -193,8 +178,6 @@ def records():
 
     out.append(Patch("torch.cuda", "default_generators", generators, kind=REDIRECTED,
                      note="the target's default generator, once per CUDA index"))
-    out.append(Patch("torch", "get_device_module", _get_device_module, kind=REDIRECTED,
-                     note='"cuda" gives torch.cuda (its RNG API drives the target), so fork_rng works'))
     return out
 
 
