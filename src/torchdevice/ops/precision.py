@@ -68,7 +68,7 @@ def torch_answer(dtype):
     if onednn is not None:
         try:
             if not onednn():
-                return False, f"oneDNN has no {_SHORT[dtype]} support on this CPU"
+                return False, f"no {_SHORT[dtype]} units (oneDNN finds none; {cpu_capability()})"
         except Exception:
             pass
     return None, f"torch cannot tell ({cpu_capability()})"
