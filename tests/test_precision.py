@@ -368,3 +368,36 @@ def test_describe_lists_decisions(unpatched, hardware):
     assert described["decisions"]["bfloat16"]["runs"] == "bfloat16"
     torchdevice.unpatch()
     assert precision.current() is None
+
+
+# -- weights the program makes half ------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.bfloat16),
+                                  lambda m: m.to("cuda", torch.float16), lambda m: m.to(dtype=torch.float16)])
+def test_half_weights_stay_half_with_one_warning(unpatched, hardware, fresh_warnings, monkeypatch, make):
+    hardware({torch.float16: False, torch.bfloat16: False})
+    monkeypatch.setattr(precision, "measured", lambda dtype: 0.2)
+    patch_with("auto")
+    model = nn.Linear(4, 4).cuda()
+    with pytest.warns(torchdevice.TorchDeviceWarning, match=r"computes (float16|bfloat16) slowly .*5\.0x the float32 "
+                                                            r"time.*TORCHDEVICE_PRECISION=keep") as caught:
+        out = make(model)
+    assert out is model and next(model.parameters()).dtype in HALF, "the weights stay as the program asked"
+    assert len([w for w in caught if issubclass(w.category, torchdevice.TorchDeviceWarning)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchdevice.TorchDeviceWarning)
+        make(nn.Linear(4, 4).cuda())  # once per program
+        nn.Linear(4, 4).cuda().to(torch.float32)
+
+
+@pytest.mark.parametrize("mode,fast", [("keep", False), ("auto", True)])
+def test_no_half_weights_warning_when_fast_or_kept(unpatched, hardware, fresh_warnings, mode, fast):
+    hardware({torch.float16: fast, torch.bfloat16: fast})
+    patch_with(mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchdevice.TorchDeviceWarning)
+        assert next(nn.Linear(4, 4).cuda().half().parameters()).dtype == torch.float16
+
+
+def test_half_weights_factor_is_measured():
+    ratio = precision.measure(torch.bfloat16, size=32, reps=1)
+    assert ratio > 0

@@ -343,6 +343,30 @@ def _kernel_fallback(python_version, target_type, first_tensor):
     return make
 
 
+# -- half weights -----------------------------------------------------------------------------------
+def _half_weights(target_type, policy, dtype_of):
+    """Module.half/bfloat16/to as torch has them, plus one warning when the weights become a slow half dtype."""
+    def make(original):
+        warned = _precision.warned_half_weights
+
+        def convert(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if policy.mode != "keep":
+                dtype = dtype_of(args, kwargs)
+                if dtype in _HALF_TYPES and not warned(dtype):
+                    _precision.warn_half_weights(dtype, target_type)
+            return result
+        return functools.wraps(original)(convert)
+    return make
+
+
+def _to_dtype(args, kwargs):
+    dtype = kwargs.get("dtype")
+    if dtype is None:
+        dtype = next((arg for arg in args if isinstance(arg, torch.dtype)), None)
+    return dtype
+
+
 # -- records ---------------------------------------------------------------------------------------
 def _takes_device(cls):
     try:
@@ -377,6 +401,13 @@ def records():
         # tensors of the given device type: "cuda" means the target's tensors.
         Patch("torch.amp.autocast_mode", "_cast", _cast(target_type, plan, policy),
               note="custom_fwd casts the target's tensors"),
+        # Weights the program makes half stay half; one warning says this target computes them slowly.
+        Patch("torch.nn.Module", "half", _half_weights(target_type, policy, lambda a, k: torch.float16),
+              note="unchanged; one warning when the target computes float16 slowly"),
+        Patch("torch.nn.Module", "bfloat16", _half_weights(target_type, policy, lambda a, k: torch.bfloat16),
+              note="unchanged; one warning when the target computes bfloat16 slowly"),
+        Patch("torch.nn.Module", "to", _half_weights(target_type, policy, _to_dtype),
+              note="unchanged; one warning when it makes weights a half dtype the target computes slowly"),
         Patch("torch.cuda.amp.common", "amp_definitely_not_available", _available, kind=EMULATED,
               note="False: mixed precision is available on the target"),
         # Older torch bound the name into the scaler module itself.

@@ -268,21 +268,33 @@ def install(policy):
 
 
 # -- half weights -----------------------------------------------------------------------------------------
-def warn_half_weights(dtype, target_type):
-    """One TorchDeviceWarning per program when the program makes weights ``dtype`` on a CPU that computes it slowly."""
-    if target_type != "cpu" or dtype not in _NAMES:
+def _half_weights_key(dtype):
+    return ("half-weights", dtype)
+
+
+def warned_half_weights(dtype):
+    """Whether the half-weights warning for ``dtype`` was given in this program."""
+    return _half_weights_key(dtype) in _logger._warned
+
+
+def warn_half_weights(dtype, target_type, fast=None, ratio=None):
+    """One TorchDeviceWarning per program when the program makes weights ``dtype`` on a CPU that computes it slowly.
+
+    The factor is measured (a half vs float32 matmul, cached with the device facts).
+    """
+    if target_type != "cpu" or dtype not in _NAMES or warned_half_weights(dtype):
         return
-    key = ("half-weights", dtype)
-    if key in _logger._warned:
-        return
-    fast, why = cpu_fast(dtype)
+    fast, why = fast if fast is not None else cpu_fast(dtype)
     if fast:
         return
-    ratio = measured(dtype)
-    warn_once(key, f"torchdevice: weights in {_NAMES[dtype]} are computed slowly on this CPU ({why}): a "
-                   f"{_NAMES[dtype]} matmul takes {1 / ratio:.1f}x the float32 time here. Keep the model in "
-                   f"float32 (drop .half()/.to({_NAMES[dtype]}), or torch_dtype=torch.float32) for speed; "
-                   f"autocast regions are upcast by {SETTING}=auto.")
+    ratio = ratio if ratio is not None else measured(dtype)
+    name = _NAMES[dtype]
+    warn_once(_half_weights_key(dtype),
+              f"torchdevice: this CPU computes {name} slowly ({why}): a {name} matmul takes {1 / ratio:.1f}x the "
+              f"float32 time here. The weights stay {name} as the program asked (memory); for speed keep the "
+              f"model in float32 (drop .half()/.to({name}), or load with torch_dtype=torch.float32). Autocast "
+              f"regions already run in float32 ({SETTING}=auto); {SETTING}=keep silences this warning.",
+              stacklevel=4)
 
 
 __all__ = ["MODES", "Policy", "SETTING", "cpu_fast", "current", "install", "measure", "os_answer", "torch_answer",
