@@ -343,11 +343,11 @@ def group_events(ctx):
 
 
 # -- group: training loops ---------------------------------------------------------------------------
-def _amp_equivalent(torch):
+def _amp_equivalent(torch, dtype=None):
     """What the CUDA AMP idiom turns into under torchdevice: (autocast kwargs or None, scaler on?)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast("cuda", dtype=dtype or torch.float16):
             dev = None
             for kind in ("cpu", "mps"):
                 try:
@@ -378,19 +378,34 @@ def _cuda_scaler(torch):
 
 
 class _Loop:
-    """One model, optimizer and batch list per side; ``step()`` runs one training step."""
+    """One model, optimizer and batch list per side; ``step()`` runs one training step.
 
-    def __init__(self, torch, cuda_idiom, widths, batch, amp, native_amp=None):
+    ``cuda_idiom``: the loop as CUDA code writes it (``.cuda()``, ``autocast("cuda", amp_dtype)``,
+    ``GradScaler("cuda")``). Otherwise the loop written for the CPU: with ``native_amp`` the same
+    autocast as torchdevice ran natively, without it plain float32 (what a hand port does).
+    ``model`` picks the network: an MLP of ``widths`` or a small ``nn.TransformerEncoder``.
+    """
+
+    def __init__(self, torch, cuda_idiom, widths, batch, amp, native_amp=None, amp_dtype=None, model="mlp"):
         import torch.nn as nn
 
         torch.manual_seed(0)
-        layers = []
-        for i in range(len(widths) - 1):
-            layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
-        model = nn.Sequential(*layers[:-1])
+        amp_dtype = amp_dtype or torch.float16
+        if model == "transformer":
+            d = widths[0]
+            layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=4 * d, dropout=0.0, batch_first=True)
+            model = nn.Sequential(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False),
+                                  nn.Linear(d, widths[-1]))
+            self.batches = [(torch.randn(batch, widths[1], d), torch.randn(batch, widths[1], widths[-1]))
+                            for _ in range(8)]
+        else:
+            layers = []
+            for i in range(len(widths) - 1):
+                layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+            model = nn.Sequential(*layers[:-1])
+            self.batches = [(torch.randn(batch, widths[0]), torch.randn(batch, widths[-1])) for _ in range(8)]
         self.torch = torch
         self.F = nn.functional
-        self.batches = [(torch.randn(batch, widths[0]), torch.randn(batch, widths[-1])) for _ in range(8)]
         self.i = 0
         self.cuda_idiom = cuda_idiom
         self.amp = amp
@@ -398,11 +413,11 @@ class _Loop:
             self.model = model.cuda()
             self.device = torch.device("cuda")
             self.scaler = _cuda_scaler(torch) if amp else None
-            self.autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else None
+            self.autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp else None
         else:
             self.model = model.to(native_amp["device"] if native_amp else "cpu")
             self.device = torch.device("cpu")
-            cast, scaler_on = native_amp["cast"], native_amp["scaler"]
+            cast, scaler_on = (native_amp["cast"], native_amp["scaler"]) if native_amp else (None, False)
             # torch < 2.3 has no scaler for the CPU (torch.amp.GradScaler): the native loop runs without.
             native_scaler = getattr(torch.amp, "GradScaler", None)
             self.scaler = native_scaler(native_amp["device"]) if (amp and scaler_on and native_scaler) else None
@@ -431,39 +446,98 @@ class _Loop:
             self.opt.step()
 
 
+def _cpu_half_units(torch):
+    """What the precision policy found on this CPU (for the rows' notes and targets)."""
+    from torchdevice.ops import precision
+
+    return {str(dtype).split(".")[1]: precision.cpu_fast(dtype) for dtype in (torch.float16, torch.bfloat16)}
+
+
 def group_training(ctx):
     import torch
 
-    ctx.switch.set(True)
-    cast, scaler_on = _amp_equivalent(torch)
-    native_amp = {"cast": cast, "scaler": scaler_on, "device": ctx.target}
     rows = []
+    mlp, tfm = (128, 256, 256, 10), (64, 32, 64)  # transformer: d_model 64, sequence 32, 64 outputs
+    units = _cpu_half_units(torch) if ctx.target == "cpu" else {}
     specs = [
-        ("train_amp", "small CUDA-idiom training loop (MLP 128-256-256-10, batch 64, AMP, per-batch .to/.cuda)",
-         (128, 256, 256, 10), 64, True, [("ratio", ">=", 0.99)], ">= 0.99", ctx.p["loop_steps"]),
+        # (id, what, widths, batch, amp, amp dtype, model, torchdevice settings, native side, checks, target, steps)
+        ("train_amp", "small CUDA-idiom training loop (MLP 128-256-256-10, batch 64, AMP, per-batch .to/.cuda), "
+         "TORCHDEVICE_PRECISION=keep vs native CPU with the same autocast", mlp, 64, True, torch.float16, "mlp",
+         {"precision": "keep"}, "same_autocast", [("ratio", ">=", 0.99)], ">= 0.99", ctx.p["loop_steps"]),
         ("train_mlp", "the same loop without AMP (MLP 128-256-256-10, batch 64, per-batch .to/.cuda)",
-         (128, 256, 256, 10), 64, False, [], "", ctx.p["loop_steps"]),
+         mlp, 64, False, None, "mlp", {}, "float32", [], "", ctx.p["loop_steps"]),
         ("train_tiny", "tiny-step loop (MLP 16-16-1, batch 8, per-batch .to/.cuda, no AMP)",
-         (16, 16, 1), 8, False, [("ratio", ">=", 0.97)], ">= 0.97", ctx.p["tiny_steps"]),
+         (16, 16, 1), 8, False, None, "mlp", {}, "float32", [("ratio", ">=", 0.97)], ">= 0.97", ctx.p["tiny_steps"]),
     ]
-    for rid, what, widths, batch, amp, checks, target, steps in specs:
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        slow = not units.get(str(dtype).split(".")[1], (True, ""))[0]
+        checks, target = ([("ratio", ">=", 0.95)], ">= 0.95 (no half units)") if slow else ([], "")
+        specs += [
+            # 1 ms steps: GradScaler's fixed cost per step (scale, unscale_, inf check, update; the
+            # hand port drops it) is most of the difference, so this row is context.
+            (f"train_amp_auto_{name}", f"CUDA-idiom AMP loop, autocast {name} + GradScaler, default precision "
+             f"policy (MLP 128-256-256-10, batch 64) vs the loop written for the CPU in float32", mlp, 64, True,
+             dtype, "mlp", {}, "float32", [], "", ctx.p["loop_steps"]),
+            (f"train_amp_auto_{name}_transformer", f"the same with nn.TransformerEncoder (2 layers, d=64, batch "
+             f"{8}x32) vs float32 on the CPU", tfm, 8, True, dtype, "transformer", {}, "float32", checks, target,
+             max(2, ctx.p["loop_steps"] // 3)),
+        ]
+    for rid, what, widths, batch, amp, amp_dtype, model, settings, native, checks, target, steps in specs:
+        switch = M.Switch(**settings)  # this row's settings on side A; native side B
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ctx.switch.set(True)
-            loop_a = _Loop(torch, True, widths, batch, amp)
-            ctx.switch.set(False)
-            loop_b = _Loop(torch, False, widths, batch, amp, native_amp)
-            a, b, wall_a, wall_b = M.ab_loops(ctx.switch, loop_a.step, loop_b.step, ctx.p["loop_reps"], steps)
+            switch.set(True)
+            cast, scaler_on = _amp_equivalent(torch, amp_dtype or torch.float16)
+            loop_a = _Loop(torch, True, widths, batch, amp, amp_dtype=amp_dtype, model=model)
+            switch.set(False)
+            native_amp = {"cast": cast, "scaler": scaler_on, "device": ctx.target} if native == "same_autocast" else None
+            loop_b = _Loop(torch, False, widths, batch, amp, native_amp, amp_dtype=amp_dtype, model=model)
+            a, b, wall_a, wall_b = M.ab_loops(switch, loop_a.step, loop_b.step, ctx.p["loop_reps"], steps)
+            switch.set(False)
         note = ""
-        if amp:
+        if amp and native == "same_autocast":
             note = (f"under torchdevice autocast('cuda', float16) became {cast or 'no autocast'} and GradScaler is "
                     f"{'on' if scaler_on else 'off'}; the native loop does the same on the CPU")
-        row = make_row(rid, "training", what, "steps/s", a, b, checks, target, note=note)
+        elif amp:
+            half = str(amp_dtype).split(".")[1]
+            decided = units.get(half)
+            note = (f"native side: the same model and batches, float32, no autocast, no GradScaler. Under torchdevice "
+                    f"autocast('cuda', {half}) ran as {cast['dtype'] if cast else 'float32'}"
+                    + (f" ({decided[1]})" if decided else ""))
+        row = make_row(rid, "training", what, "steps/s", a, b, checks, target, note=note,
+                       b_label="native CPU, same autocast" if native == "same_autocast" else "native")
         row["step_ms_native"] = 1e3 / row["native"] if row["native"] else None
         row["wall"] = {"torchdevice": M.median(wall_a), "native": M.median(wall_b),
                        "ratio": M.median(wall_a) / M.median(wall_b), "samples": {"torchdevice": wall_a,
                                                                                  "native": wall_b}}
         rows.append(row)
+    ctx.switch.state = None  # the rows' own switches changed the patch state
+    rows += _half_weight_rows(ctx, torch)
+    return rows
+
+
+def _half_weight_rows(ctx, torch):
+    """Inference with weights the program made half (model.half() / .to(bfloat16)) vs the same model in float32."""
+    import torch.nn as nn
+
+    rows = []
+    ctx.switch.set(True)
+    x = torch.randn(64, 1024, device="cuda")
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        half = nn.Linear(1024, 1024).cuda().to(dtype).eval()
+        full = nn.Linear(1024, 1024).cuda().eval()
+        xh = x.to(dtype)
+        ns = {"torch": torch, "half": half, "full": full, "x": x, "xh": xh}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a, b = M.ab_calls(ctx.switch, "with torch.no_grad(): half(xh)", "with torch.no_grad(): full(x)", ns,
+                              max(3, ctx.p["loop_reps"] // 4), ctx.p["block"] * 10, a_settings={}, b_on=True)
+        rows.append(make_row(f"infer_half_weights_{name}", "training", f"nn.Linear(1024, 1024) forward on 64 rows "
+                             f"under torchdevice: weights {name} (as the program made them) vs float32 weights (what "
+                             "an upcast gives)", "us", a, b, [], "", a_label=f"{name} weights",
+                             b_label="float32 weights", scale=1e-3,
+                             note="both sides patched; the ratio is the factor the half-weights warning reports"))
     return rows
 
 

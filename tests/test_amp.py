@@ -11,6 +11,15 @@ from torchdevice.ops import amp
 
 
 @pytest.fixture
+def patched():
+    """torchdevice active with the faithful precision policy (the requested dtypes run as asked)."""
+    torchdevice.unpatch()
+    status = torchdevice.patch(strict=True, device="cpu", precision="keep")
+    yield status
+    torchdevice.unpatch()
+
+
+@pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which one-time warnings were already given."""
     monkeypatch.setattr(logger, "_warned", set())
@@ -87,11 +96,11 @@ def test_explicit_cpu_autocast_untouched(patched):
 
 def test_unsupported_dtype_uses_nearest_with_one_warning(unpatched, monkeypatch, fresh_warnings):
     monkeypatch.setattr(amp, "_autocast_dtypes", lambda device_type: (torch.bfloat16,))
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", precision="keep")
     with pytest.warns(torchdevice.TorchDeviceWarning, match=r"runs as torch.bfloat16 on cpu"):
         with torch.autocast("cuda"):
             assert matmul_dtype() == torch.bfloat16
-            assert compat.get_autocast_dtype("cuda") == torch.bfloat16, "queries report what really runs"
+            assert compat.get_autocast_dtype("cuda") == torch.float16, "queries report the requested state, as on a GPU"
     with warnings.catch_warnings():
         warnings.simplefilter("error", torchdevice.TorchDeviceWarning)
         with torch.autocast("cuda"):  # second time: no warning
@@ -102,11 +111,11 @@ def test_unsupported_dtype_uses_nearest_with_one_warning(unpatched, monkeypatch,
 
 def test_no_autocast_on_target_runs_float32_with_warning(unpatched, monkeypatch, fresh_warnings):
     monkeypatch.setattr(amp, "_autocast_dtypes", lambda device_type: ())
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", precision="keep")
     with pytest.warns(torchdevice.TorchDeviceWarning, match="runs in float32"):
         with torch.autocast("cuda"):
             assert matmul_dtype() == torch.float32
-            assert not torch.is_autocast_enabled()
+            assert torch.is_autocast_enabled(), "the program still sees the region it asked for"
 
 
 def test_probe_reads_this_torchs_cpu_autocast():
@@ -118,7 +127,7 @@ def test_probe_reads_this_torchs_cpu_autocast():
 
 def test_unpatch_restores_autocast(unpatched):
     init = torch.amp.autocast_mode.autocast.__dict__["__init__"]
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", precision="keep")
     assert torch.amp.autocast_mode.autocast.__dict__["__init__"] is not init
     torchdevice.unpatch()
     assert torch.amp.autocast_mode.autocast.__dict__["__init__"] is init
@@ -355,7 +364,7 @@ def test_scaler_fallback_kernels_used_when_target_has_none(unpatched, monkeypatc
     real_unscale, real_update = amp._unscale_and_check, amp._update_scale
     monkeypatch.setattr(amp, "_unscale_and_check", lambda *a: calls.append("unscale") or real_unscale(*a))
     monkeypatch.setattr(amp, "_update_scale", lambda *a: calls.append("update") or real_update(*a))
-    status = torchdevice.patch(strict=True, device="cpu")
+    status = torchdevice.patch(strict=True, device="cpu", precision="keep")
     assert "torch._amp_update_scale_" in status["areas"]["amp"]["applied"]
     assert torch._amp_update_scale_.__wrapped__ is torchdevice.core.patch.REGISTRY.original(
         "torch", "_amp_update_scale_")

@@ -25,6 +25,7 @@ TRUTHFUL_MODULES = "TORCHDEVICE_TRUTHFUL_MODULES"
 MPS_FLOAT64 = "TORCHDEVICE_MPS_FLOAT64"
 REPORT = "TORCHDEVICE_REPORT"
 PURE_PYTHON = "TORCHDEVICE_PURE_PYTHON"
+PRECISION = "TORCHDEVICE_PRECISION"
 
 # name -> (accepted values, default, meaning). The order is the documentation order.
 VARIABLES: Dict[str, Tuple[str, str, str]] = {
@@ -56,6 +57,10 @@ VARIABLES: Dict[str, Tuple[str, str, str]] = {
     PURE_PYTHON: ("1/true/yes/on or 0/false/no/off", "off",
                   "Leave out the optional C accelerator (`torchdevice._speedups`): every wrapper runs "
                   "as Python code. For debugging and tests; read once, when torchdevice activates."),
+    PRECISION: ("auto, keep, float32, bfloat16, float16", "auto",
+                "What `autocast(\"cuda\")` regions compute in. auto: the requested half dtype where the target "
+                "computes it fast (decided from the hardware, cached), else float32; keep: the requested dtype; "
+                "or that dtype for every region. The program still sees the requested autocast state."),
 }
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -63,6 +68,7 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 DEVICES = ("auto", "cpu", "mps", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MPS_FLOAT64_POLICIES = ("downcast", "cpu", "error")
+PRECISIONS = ("auto", "keep", "float32", "bfloat16", "float16")
 # Patch areas in application order. core/patch.py owns the area table; this
 # tuple is the list of names a user may switch off, and the two are checked
 # against each other in tests/test_registry.py.
@@ -159,6 +165,7 @@ class Config:
     mps_float64: str = "downcast"
     report: Optional[str] = None
     pure_python: bool = False
+    precision: str = "auto"
     # Which settings came from the environment (for `torchdevice info`).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -190,5 +197,6 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         mps_float64=_parse_choice(MPS_FLOAT64, get(MPS_FLOAT64), MPS_FLOAT64_POLICIES, "downcast"),
         report=_parse_report(get(REPORT)),
         pure_python=parse_bool(PURE_PYTHON, get(PURE_PYTHON), False),
+        precision=_parse_choice(PRECISION, get(PRECISION), PRECISIONS, "auto"),
         sources=sources,
     )

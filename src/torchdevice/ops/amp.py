@@ -52,6 +52,8 @@ from ..core import compat
 from ..core import device as _device
 from ..core.logger import warn_once
 from ..core.patch import EMULATED, REGISTRY, Patch
+from . import autocast_numerics as _numerics
+from . import precision as _precision
 
 AREA = "amp"
 _CUDA = "cuda"
@@ -95,7 +97,22 @@ def _dtype_plan(device_type, supported):
 
 
 # -- autocast ----------------------------------------------------------------------------------
-def _autocast_init(target_type, plan):
+def _runner(target_type, plan, policy):
+    """requested dtype -> (dtype the target's autocast runs, or None for float32; warning or None)."""
+    def run(requested):
+        if requested in _HALF_TYPES:
+            decided, _ = policy.decide(requested)
+            if decided is None:
+                return None, None
+            return plan[decided]
+        return plan.get(requested, (None, None))
+    return run
+
+
+def _autocast_init(target_type, plan, policy, supported):
+    run = _runner(target_type, plan, policy)
+    idle = supported[0] if supported else torch.float32  # a dtype the target accepts, for a region that is off
+
     def make(original):
         scripting = torch._jit_internal.is_scripting
         get_dtype = compat.get_autocast_dtype
@@ -104,37 +121,51 @@ def _autocast_init(target_type, plan):
             if device_type != _CUDA or scripting():
                 return original(self, device_type, dtype, enabled, cache_enabled)
             requested = get_dtype(_CUDA) if dtype is None else dtype
-            chosen, warning = plan.get(requested, (None, None))
+            chosen, warning = run(requested)
             if warning is not None and enabled:
                 warn_once(("autocast", target_type, requested), warning)
+            if enabled and chosen is None and requested not in plan:
+                warn_once(("autocast", target_type, requested),
+                          f"torchdevice: autocast('cuda', dtype={requested}) is off on {target_type}: "
+                          f"autocast supports only float16 and bfloat16 there.")
             if chosen is None:
-                if enabled and requested not in plan:
-                    warn_once(("autocast", target_type, requested),
-                              f"torchdevice: autocast('cuda', dtype={requested}) is off on {target_type}: "
-                              f"autocast supports only float16 and bfloat16 there.")
-                original(self, target_type, requested, False, cache_enabled)
+                original(self, target_type, idle, False, cache_enabled)
             else:
                 original(self, target_type, chosen, enabled, cache_enabled)
-            # Keep the CUDA identity: queries, nested regions and torch.compile
-            # (which re-creates autocast objects from their attributes) see "cuda".
-            self.device = _CUDA
+            # What the target's autocast runs; the object itself keeps CUDA's identity and the
+            # requested state: queries, nested regions, custom_bwd and torch.compile (which
+            # re-creates autocast objects from their attributes) see what a GPU shows.
+            # A region the policy upcasts runs the target's autocast in float32: ops keep
+            # CUDA's per-op policy (exp of a float16 tensor computes in float32) without
+            # casting anything down.
+            upcast = chosen is None and requested in _HALF_TYPES and bool(supported)
+            self._torchdevice_run = (bool(enabled) and (chosen is not None or upcast),
+                                     chosen if chosen is not None else torch.float32)
             self._torchdevice_target = target_type
+            self.device = _CUDA
+            self.fast_dtype = requested
+            self._enabled = enabled
         return functools.wraps(original)(__init__)
     return make
 
 
-def _autocast_enter(original):
-    set_enabled, set_dtype = compat.set_autocast_enabled, compat.set_autocast_dtype
-    is_enabled, get_dtype = compat.is_autocast_enabled, compat.get_autocast_dtype
+def _autocast_enter(kernels):
+    def make(original):
+        set_enabled, set_dtype = compat.set_autocast_enabled, compat.set_autocast_dtype
+        is_enabled, get_dtype = compat.is_autocast_enabled, compat.get_autocast_dtype
 
-    def __enter__(self):
-        target = getattr(self, "_torchdevice_target", None)
-        if target is not None:
-            self._torchdevice_prev = (is_enabled(target), get_dtype(target))
-            set_enabled(target, self._enabled)
-            set_dtype(target, self.fast_dtype)
-        return original(self)  # sets torch's CUDA state, nesting, cache, export tracing
-    return functools.wraps(original)(__enter__)
+        def __enter__(self):
+            target = getattr(self, "_torchdevice_target", None)
+            if target is not None:
+                on, dtype = self._torchdevice_run
+                if on and kernels.ops is None:
+                    kernels.ensure()  # CUDA's per-op policies, registered on the first region that casts
+                self._torchdevice_prev = (is_enabled(target), get_dtype(target))
+                set_enabled(target, on)
+                set_dtype(target, dtype)
+            return original(self)  # sets torch's CUDA state, nesting, cache, export tracing
+        return functools.wraps(original)(__enter__)
+    return make
 
 
 def _autocast_exit(original):
@@ -151,10 +182,15 @@ def _autocast_exit(original):
     return functools.wraps(original)(__exit__)
 
 
-def _cast(target_type):
+def _cast(target_type, plan, policy):
+    run = _runner(target_type, plan, policy)
+
     def make(original):
         def _cast(value, device_type, dtype):
-            return original(value, target_type if device_type == _CUDA else device_type, dtype)
+            if device_type == _CUDA:
+                # custom_fwd(cast_inputs=...) casts to what the region really runs in.
+                return original(value, target_type, run(dtype)[0] or torch.float32)
+            return original(value, device_type, dtype)
         return functools.wraps(original)(_cast)
     return make
 
@@ -164,12 +200,12 @@ def _legacy_cast(target_type):
         amp_cast = torch.amp.autocast_mode._cast  # the 3-argument version (patched by then)
 
         def _cast(value, dtype):
-            return amp_cast(value, target_type, dtype)
+            return amp_cast(value, _CUDA, dtype)  # "cuda": the target's tensors, the policy's dtype
         return functools.wraps(original)(_cast)
     return make
 
 
-def _tensor_cast(target_type):
+def _tensor_cast(target_type, plan, policy):
     """torch.cuda.amp's own 2-argument ``_cast`` where torch.amp has none (torch < 2.4).
 
     That version casts only ``value.is_cuda`` tensors and recurses through the
@@ -177,6 +213,8 @@ def _tensor_cast(target_type):
     floating-point tensors (float64 excepted, as there) and hands everything
     else to the original, whose recursion comes back here.
     """
+    run = _runner(target_type, plan, policy)
+
     def make(original):
         float64 = torch.float64
 
@@ -184,7 +222,7 @@ def _tensor_cast(target_type):
             if isinstance(value, torch.Tensor):
                 eligible = (value.is_floating_point() and value.device.type == target_type
                             and value.dtype is not float64)
-                return value.to(dtype) if eligible else value
+                return value.to(run(dtype)[0] or torch.float32) if eligible else value
             return original(value, dtype)
         return functools.wraps(original)(_cast)
     return make
@@ -305,6 +343,30 @@ def _kernel_fallback(python_version, target_type, first_tensor):
     return make
 
 
+# -- half weights -----------------------------------------------------------------------------------
+def _half_weights(target_type, policy, dtype_of):
+    """Module.half/bfloat16/to as torch has them, plus one warning when the weights become a slow half dtype."""
+    def make(original):
+        warned = _precision.warned_half_weights
+
+        def convert(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if policy.mode != "keep":
+                dtype = dtype_of(args, kwargs)
+                if dtype in _HALF_TYPES and not warned(dtype):
+                    _precision.warn_half_weights(dtype, target_type)
+            return result
+        return functools.wraps(original)(convert)
+    return make
+
+
+def _to_dtype(args, kwargs):
+    dtype = kwargs.get("dtype")
+    if dtype is None:
+        dtype = next((arg for arg in args if isinstance(arg, torch.dtype)), None)
+    return dtype
+
+
 # -- records ---------------------------------------------------------------------------------------
 def _takes_device(cls):
     try:
@@ -314,18 +376,38 @@ def _takes_device(cls):
 
 
 def records():
+    from ..core.patch import active_config
+
     target = _device.current()
     target_type = target.type
-    plan = _dtype_plan(target_type, _autocast_dtypes(target_type))
+    cfg = active_config()
+    supported = _autocast_dtypes(target_type)
+    plan = _dtype_plan(target_type, supported)
+    policy = _precision.Policy(cfg.precision if cfg is not None else "auto", target_type, supported)
+    kernels = _numerics.Kernels(target_type)
     autocast = "torch.amp.autocast_mode.autocast"
     out = [
-        Patch(autocast, "__init__", _autocast_init(target_type, plan),
-              note="'cuda' autocast runs on the target; nearest supported dtype"),
-        Patch(autocast, "__enter__", _autocast_enter, note="sets the target's and CUDA's autocast state"),
+        Patch("torchdevice.ops.precision", "_current", lambda _: policy, create=True,
+              note="the precision policy (TORCHDEVICE_PRECISION)"),
+        # CUDA's per-op autocast policies where the target's differ (torch.library kernels,
+        # registered on the first region; removing the entry unregisters them).
+        Patch("torchdevice.ops.autocast_numerics.REGISTRATIONS", target_type, lambda _: kernels,
+              key=lambda: target_type, kind=EMULATED, note="CUDA's autocast dtype for every op"),
+        Patch(autocast, "__init__", _autocast_init(target_type, plan, policy, supported),
+              note="'cuda' autocast runs on the target in the dtype the precision policy picks"),
+        Patch(autocast, "__enter__", _autocast_enter(kernels), note="sets the target's and CUDA's autocast state"),
         Patch(autocast, "__exit__", _autocast_exit, note="restores both"),
         # custom_fwd(cast_inputs=...) casts through _cast, which only casts
         # tensors of the given device type: "cuda" means the target's tensors.
-        Patch("torch.amp.autocast_mode", "_cast", _cast(target_type), note="custom_fwd casts the target's tensors"),
+        Patch("torch.amp.autocast_mode", "_cast", _cast(target_type, plan, policy),
+              note="custom_fwd casts the target's tensors"),
+        # Weights the program makes half stay half; one warning says this target computes them slowly.
+        Patch("torch.nn.Module", "half", _half_weights(target_type, policy, lambda a, k: torch.float16),
+              note="unchanged; one warning when the target computes float16 slowly"),
+        Patch("torch.nn.Module", "bfloat16", _half_weights(target_type, policy, lambda a, k: torch.bfloat16),
+              note="unchanged; one warning when the target computes bfloat16 slowly"),
+        Patch("torch.nn.Module", "to", _half_weights(target_type, policy, _to_dtype),
+              note="unchanged; one warning when it makes weights a half dtype the target computes slowly"),
         Patch("torch.cuda.amp.common", "amp_definitely_not_available", _available, kind=EMULATED,
               note="False: mixed precision is available on the target"),
         # Older torch bound the name into the scaler module itself.
@@ -334,7 +416,7 @@ def records():
     if hasattr(torch.amp.autocast_mode, "_cast"):
         out.append(Patch("torch.cuda.amp.autocast_mode", "_cast", _legacy_cast(target_type)))
     else:
-        out.append(Patch("torch.cuda.amp.autocast_mode", "_cast", _tensor_cast(target_type),
+        out.append(Patch("torch.cuda.amp.autocast_mode", "_cast", _tensor_cast(target_type, plan, policy),
                          note="custom_fwd casts the target's tensors"))
     scaler = getattr(getattr(torch.amp, "grad_scaler", None), "GradScaler", None)
     if scaler is not None and _takes_device(scaler):
