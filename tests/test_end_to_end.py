@@ -22,9 +22,19 @@ def test_tiny_train_matches_native_cpu(wheel_python, tmp_path):
     assert float(losses[-1]) < float(losses[0])
 
 
-def test_example_runs(wheel_python):
+def test_example_runs(wheel_python, tmp_path):
+    """The README's example: its checkpoint goes to --out, else to a temporary directory it removes."""
+    import subprocess
+
     example = Path(__file__).parents[1] / "examples" / "train_cuda.py"
-    result = run_python(example.read_text(), python=wheel_python)
-    assert result.returncode == 0, result.stderr
-    assert "tensors on cpu" in result.stdout
-    assert without_native_notices(result.stderr) == ""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    for args in ([], ["--out", str(tmp_path / "out")]):
+        result = subprocess.run([str(wheel_python), str(example), *args], env=clean_env(TMPDIR=str(scratch)),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "tensors on cpu" in result.stdout
+        assert without_native_notices(result.stderr) == ""
+        left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own
+        assert left == [], "the temporary directory is removed"
+    assert (tmp_path / "out" / "train_cuda_checkpoint.pt").is_file()
