@@ -401,3 +401,69 @@ def test_no_half_weights_warning_when_fast_or_kept(unpatched, hardware, fresh_wa
 def test_half_weights_factor_is_measured():
     ratio = precision.measure(torch.bfloat16, size=32, reps=1)
     assert ratio > 0
+
+
+# -- end to end, under the installed autoload --------------------------------------------------------------------
+# Written as public AMP training scripts are (PyTorch's AMP recipe, nanoGPT's train.py):
+# autocast + GradScaler, checkpoint with model/optimizer/scaler state, resume.
+AMP_SCRIPT = """
+import os, sys
+import torch
+import torch.nn as nn
+
+out_dir, phase, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if dtype == "script":  # nanoGPT's choice
+    dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+ctx = torch.amp.autocast(device_type="cuda", dtype=ptdtype) if hasattr(torch.amp, "autocast") else \\
+    torch.cuda.amp.autocast(dtype=ptdtype)
+torch.manual_seed(1337)
+model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.LayerNorm(64), nn.Linear(64, 4)).to(device)
+optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+scaler = torch.cuda.amp.GradScaler(enabled=(dtype == "float16"))
+x = torch.randn(256, 16)
+y = (x[:, :4] * 2).softmax(-1)
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+start = 0
+if phase == "resume":
+    checkpoint = torch.load(ckpt_path, map_location=device)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    start = checkpoint["iter_num"]
+for it in range(start, start + 15):
+    xb, yb = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with ctx:
+        logits = model(xb)
+        loss = -(yb * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    print(f"{loss.item():.6f} {loss.dtype} {scaler.get_scale() if scaler.is_enabled() else 0}")
+torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "iter_num": start + 15}, ckpt_path)
+"""
+
+
+@pytest.mark.venv
+@pytest.mark.parametrize("mode,dtype", [("auto", "float16"), ("keep", "float16"), ("auto", "script")])
+def test_amp_script_with_checkpoint_resume_under_autoload(wheel_python, tmp_path, mode, dtype):
+    losses, scales = [], []
+    for phase in ("start", "resume"):
+        done = run_python(AMP_SCRIPT, python=wheel_python, args=[str(tmp_path), phase, dtype],
+                          env=clean_env(TORCHDEVICE_PRECISION=mode))
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = [line.split() for line in done.stdout.split("\n") if line.strip()]
+        assert len(lines) == 15
+        assert all(dtype == "torch.float32" for _, dtype, _ in lines), "log_softmax computes in float32, as on a GPU"
+        losses += [float(loss) for loss, _, _ in lines]
+        scales += [float(scale) for _, _, scale in lines]
+    if dtype == "float16":
+        assert all(scale >= 2.0 ** 16 for scale in scales), "GradScaler scaled every step (65536 to start)"
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[14] < losses[0], "the loss decreases, and resuming continues where it stopped"
+    assert abs(losses[15] - losses[14]) < abs(losses[0] - losses[14]), "resumed from the checkpoint, not from scratch"
