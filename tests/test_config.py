@@ -75,10 +75,12 @@ def test_disable_patches_list_and_star():
         config.load({config.DISABLE_PATCHES: "amp,gpu"})
 
 
-@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5", "1_000", "+3", "\u0663", "\uff13", "129", "00129",
+                                 "99999999999999999999999", "3 3"])
 def test_device_count(bad):
     assert config.load({config.DEVICE_COUNT: "4"}).device_count == 4
-    with pytest.raises(ConfigError, match="TORCHDEVICE_DEVICE_COUNT=.*integer >= 1"):
+    assert config.load({config.DEVICE_COUNT: " 128 "}).device_count == config.MAX_DEVICE_COUNT == 128
+    with pytest.raises(ConfigError, match="TORCHDEVICE_DEVICE_COUNT=.*an integer from 1 to 128 \\(plain digits\\)"):
         config.load({config.DEVICE_COUNT: bad})
 
 

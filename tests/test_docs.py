@@ -41,7 +41,7 @@ def test_stale_block_is_detected(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text((ROOT / path).read_text())
     readme = tmp_path / "README.md"
-    readme.write_text(readme.read_text().replace("| `TORCHDEVICE_STRICT` |", "| `TORCHDEVICE_STRICTER` |"))
+    readme.write_text(readme.read_text().replace("| `TORCHDEVICE_STRICT` |", "| `TORCHDEVICE_STRICTER` |", 1))
     assert _docgen.stale(str(tmp_path)) == ["README.md (env-table)"]
     assert _docgen.main(["--check", "--root", str(tmp_path)]) == 1
     _docgen.write(str(tmp_path))

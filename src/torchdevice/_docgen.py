@@ -5,6 +5,8 @@ Generated blocks sit between ``<!-- BEGIN GENERATED: name -->`` and
 
 * ``env-table`` (README.md): the environment variables, from
   ``core/config.py`` ``VARIABLES`` (name, accepted values, default, meaning).
+* ``settings-table`` (README.md): the keyword settings of ``torchdevice.patch()``,
+  from ``core/config.py`` ``SETTINGS``.
 * ``cli-reference`` (docs/cli.md): every subcommand's options, from the
   argument parser in ``__main__.py``.
 
@@ -33,6 +35,15 @@ def env_table() -> str:
     lines = ["| variable | accepted values | default | meaning |", "|---|---|---|---|"]
     for name, (accepted, default, meaning) in config.VARIABLES.items():
         lines.append(f"| `{name}` | {_cell(accepted)} | {_cell(default)} | {_cell(meaning)} |")
+    return "\n".join(lines)
+
+
+def settings_table() -> str:
+    from .core import config
+
+    lines = ["| keyword | type | same as | accepted values |", "|---|---|---|---|"]
+    for name, (variable, types, _) in config.SETTINGS.items():
+        lines.append(f"| `{name}` | {_cell(types)} | `{variable}` | {_cell(config.VARIABLES[variable][0])} |")
     return "\n".join(lines)
 
 
@@ -69,6 +80,7 @@ def cli_reference() -> str:
 
 BLOCKS = {
     "env-table": ("README.md", env_table),
+    "settings-table": ("README.md", settings_table),
     "cli-reference": ("docs/cli.md", cli_reference),
 }
 

@@ -44,13 +44,10 @@ AREAS: Dict[str, str] = {
     "nn": "torchdevice.ops.nn",
     "distributed": "torchdevice.ops.distributed",
 }
-# An area is skipped when an area it needs failed or was switched off.
 assert tuple(AREAS) == _config.AREAS, "core/config.py AREAS and core/patch.py AREAS disagree"
-DEPENDS: Dict[str, Tuple[str, ...]] = {
-    "amp": ("device",),
-    "nn": ("device",),
-    "distributed": ("device",),
-}
+# Which areas each area needs (core/config.py, where switching one off alone is refused):
+# an area is also skipped when an area it needs failed to apply.
+DEPENDS = _config.DEPENDS
 
 # Coverage classes (docs/cuda-coverage.md, `torchdevice coverage`).
 REDIRECTED = "redirected"   # runs the target's equivalent
