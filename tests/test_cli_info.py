@@ -181,6 +181,7 @@ def test_real_coverage_module_end_to_end():
 
 
 # -- stored answers (torchdevice/_cli_cache.py) ------------------------------------------------
+from torchdevice import _cli_cache  # noqa: E402
 CLI_PROBE = """
 import sys
 import torchdevice
@@ -213,12 +214,13 @@ def test_repeated_commands_answer_from_the_store_and_a_version_change_invalidate
     info_again, imported = cli_probe("info --json", tmp_path)
     assert not imported and json.loads(info_again) == json.loads(info_first)
 
-    # The stored file is what answers: replace its answer and the next run prints that.
+    # The stored file is what answers: a file written as store() writes it is printed as is.
     stored = [p for p in (tmp_path / "torchdevice").glob("cli-*.json")
               if json.loads(p.read_text())["answer"] == first]
     assert len(stored) == 1
     data = json.loads(stored[0].read_text())
     data["answer"] = "STORED\n"
+    data["sha256"] = _cli_cache._digest(data["key"], data["answer"])
     stored[0].write_text(json.dumps(data))
     assert cli_probe("coverage --json", tmp_path) == ("STORED\n", False)
     # Another torchdevice version, or another configuration, never reads it.
@@ -226,6 +228,89 @@ def test_repeated_commands_answer_from_the_store_and_a_version_change_invalidate
     assert imported and out == first
     out, imported = cli_probe("coverage --json", tmp_path, TORCHDEVICE_LOG_LEVEL="error")
     assert imported and out == first
+
+
+CPU_ONLY_OFF_MACOS = pytest.mark.skipif(
+    torch.version.cuda is not None or torch.version.hip is not None or sys.platform == "darwin",
+    reason="answers are stored only for CPU-only torch builds off macOS")
+
+
+def stored_answer(tmp_path, which):
+    """(path, data) of the one stored answer ``which(answer)`` selects."""
+    found = [(path, json.loads(path.read_text())) for path in (tmp_path / "torchdevice").glob("cli-*.json")]
+    found = [(path, data) for path, data in found if which(data["answer"])]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def forge(path, data, answer, checksum=True):
+    """Write ``answer`` into a stored file, with a correct checksum unless told otherwise."""
+    data = dict(data, answer=answer)
+    if checksum:
+        data["sha256"] = _cli_cache._digest(data["key"], answer)
+    path.write_text(json.dumps(data))
+
+
+ESC = "\x1b]0;owned\x07\x1b[2J"  # set the terminal title, clear the screen
+
+
+@CPU_ONLY_OFF_MACOS
+def test_info_computes_again_for_any_stored_answer_it_did_not_write(tmp_path):
+    """A valid JSON answer of the wrong shape crashed `info` (KeyError: 'hardware'); escape
+    sequences in it were printed raw. Every such file now means "compute again"."""
+    first, imported = cli_probe("info --json", tmp_path)
+    assert imported
+    path, data = stored_answer(tmp_path, lambda answer: isinstance(answer, dict))
+    good = data["answer"]
+    assert json.loads(cli_probe("info --json", tmp_path)[0]) == json.loads(first)
+    wrong_type = dict(good, hardware=dict(good["hardware"], mps_available="no"))
+    escaped = dict(good, accelerator=good["accelerator"] + ESC)
+    bad = dict(good, areas={"device": dict(good["areas"]["device"], applied=[1, 2])})
+    for answer, checksum in [({"torch": good["torch"]}, True),     # keys missing (was: KeyError)
+                             (dict(good, extra=1), True),           # a key more
+                             (wrong_type, True),                    # a bool that is a string
+                             (bad, True),                           # list items of another type
+                             (escaped, True),                       # terminal control characters
+                             ([good], True),                        # not a dict at all
+                             (dict(good, accelerator="forged"), False)]:  # edited: checksum mismatch
+        forge(path, data, answer, checksum)
+        out, imported = cli_probe("info --json", tmp_path)
+        assert imported, f"{answer!r:.80} was used"
+        assert json.loads(out) == json.loads(first) and "\x1b" not in out
+    text, imported = cli_probe("info", tmp_path)  # the text form from the recomputed answer
+    assert not imported and "\x1b" not in text and text.startswith("torchdevice ")
+
+
+@CPU_ONLY_OFF_MACOS
+def test_coverage_computes_again_for_any_stored_answer_it_did_not_write(tmp_path):
+    """`coverage` stores its output text: an answer that is no text (was: TypeError), holds a
+    terminal control character, or does not match its checksum is computed again."""
+    first, imported = cli_probe("coverage", tmp_path)
+    assert imported
+    path, data = stored_answer(tmp_path, lambda answer: isinstance(answer, str))
+    for answer, checksum in [({"rows": []}, True), (["a"], True), (7, True), (None, True),
+                             ("forged" + ESC + "\n", True), ("forged\n", False)]:
+        forge(path, data, answer, checksum)
+        out, imported = cli_probe("coverage", tmp_path)
+        assert imported and out == first, f"{answer!r} was used"
+    for broken in ("", "{", json.dumps({"key": data["key"], "answer": first}),  # the format before checksums
+                   json.dumps(dict(data, format=1))):
+        path.write_text(broken)
+        assert cli_probe("coverage", tmp_path) == (first, True)
+    assert cli_probe("coverage", tmp_path) == (first, False), "the recomputed answer is stored again"
+
+
+def test_shapes_are_matched_exactly():
+    from torchdevice._cli_cache import matches
+
+    shape = {"a": [str], "b": {str: bool}, "c": (str, type(None)), "d": int}
+    assert matches({"a": ["x"], "b": {"k": True}, "c": None, "d": 3}, shape)
+    assert not matches({"a": ["x"], "b": {"k": True}, "c": None, "d": True}, shape), "bool is not int"
+    assert not matches({"a": ["x"], "b": {"k": 1}, "c": None, "d": 3}, shape)
+    assert not matches({"a": ["x"], "b": {"k\x1b": True}, "c": None, "d": 3}, shape)
+    assert not matches({"a": "x", "b": {}, "c": None, "d": 3}, shape)
+    assert not matches({"a": [], "b": {}, "c": None}, shape)
+    assert matches("line\ttab\n", str) and not matches("bell\x07", str) and not matches("csi\x9b", str)
 
 
 def fake_torch(root, version="2.99.0+cpu", cuda="None"):
@@ -294,7 +379,8 @@ def test_store_ignores_foreign_and_broken_files(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     _cli_cache.store("abc", {"x": 1})
-    assert _cli_cache.load("abc") == {"x": 1}
+    assert _cli_cache.load("abc", {"x": int}) == {"x": 1}
+    assert _cli_cache.load("abc") is None, "the answer is not of the shape asked for (a text)"
     path = tmp_path / "torchdevice" / "cli-abc.json"
     path.write_text(json.dumps({"key": "other", "answer": 2}))
     assert _cli_cache.load("abc") is None

@@ -61,7 +61,8 @@ def test_every_subcommand_is_documented():
 def test_report_schema_keys_are_documented():
     doc = (ROOT / "docs" / "report.md").read_text()
     keys = {"schema", "torchdevice", "torch", "target", "reason", "processes", "calls", "unsupported", "dropped",
-            "file", "line", "function", "api", "kind", "asked", "used", "count", "via", "note", "error"}
+            "file", "line", "function", "api", "kind", "asked", "used", "count", "via", "note", "error",
+            "lost", "program", "argv", "argv_omitted"}
     table = set(re.findall(r"^\| `([a-z_]+)`", doc, re.M))
     table |= {k for cell in re.findall(r"^\| `([a-z_]+)`, `([a-z_]+)`", doc, re.M) for k in cell}
     assert keys <= table, keys - table

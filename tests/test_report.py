@@ -14,6 +14,7 @@ import torch
 
 import torchdevice
 from conftest import clean_env, report_on, run_python
+from torch_features import needs
 from torchdevice.core import patch as _patch
 from torchdevice.core import report, sites
 from torchdevice.core.patch import EMULATED, UNSUPPORTED, Patch
@@ -260,16 +261,18 @@ def test_json_report_schema(tmp_path):
     assert done.returncode == 0 and done.stderr == "", done.stderr
     data = json.loads(out.read_text())
     assert set(data) == {"schema", "torchdevice", "torch", "target", "reason", "processes", "calls",
-                         "unsupported", "dropped"}
+                         "unsupported", "dropped", "lost"}
     assert data["schema"] == report.SCHEMA and data["target"] == "cpu" and data["torch"] == torch.__version__
-    assert data["processes"] == [{"pid": data["processes"][0]["pid"], "role": "main", "rank": None, "argv": ["-c"]}]
+    # read when the report started (at import torch, inside runpy.run_path, which sets argv[0])
+    assert data["processes"] == [{"pid": data["processes"][0]["pid"], "role": "main", "rank": None,
+                                  "argv": [str(script)], "program": str(script), "argv_omitted": 0}]
     first = data["calls"][0]
     assert set(first) == {"file", "line", "function", "api", "kind", "asked", "used", "count", "via", "note",
                           "processes"}
     assert (first["file"], first["line"], first["function"], first["api"], first["count"]) == (
         str(script), 5, "train", "torch.randn", 4)
     assert [c["count"] for c in data["calls"]] == sorted((c["count"] for c in data["calls"]), reverse=True)
-    assert data["unsupported"] == [] and data["dropped"] == 0
+    assert data["unsupported"] == [] and data["dropped"] == 0 and data["lost"] == 0
     assert not any(name.startswith("torchdevice-report-") and os.path.isdir(os.path.join(tmp_path, name))
                    for name in os.listdir(tmp_path))
 
@@ -504,3 +507,100 @@ def test_recording_tensor_to_passes_the_call_shape_through(recording):
         Recorder.calls.clear()
         call(torch.zeros(2).as_subclass(Recorder))
         assert Recorder.calls == [(args, kwargs)]
+
+
+# -- issue 18 §15: deprecation wrappers are not call sites; autocast regions are listed ------------
+@needs("torch.amp.GradScaler")  # before it (2.2), GradScaler's construction runs no recorded patch
+def test_grad_scaler_is_attributed_to_the_programs_line(recording):
+    """torch.cuda.amp.GradScaler.__init__ is wrapped by typing_extensions' @deprecated (torch >= 2.4):
+    the wrapper's frame in site-packages is not the program's line."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.cuda.amp.GradScaler()  # site: legacy scaler
+        torch.amp.GradScaler("cuda")  # site: scaler
+    rows = [r for r in recording()["calls"] if "GradScaler" in r["api"]]
+    assert rows, "GradScaler construction is recorded"
+    assert all(r["file"] == HERE for r in rows), [(r["file"], r["line"]) for r in rows]
+    assert sorted((r["api"], r["line"], r["asked"]) for r in rows) == [
+        ("GradScaler.__init__", line_of("site: legacy scaler"), "cuda"),
+        ("GradScaler.__init__", line_of("site: scaler"), "cuda")]
+
+
+def test_deprecation_wrappers_pass_the_site_through_whoever_wrote_them(recording, tmp_path):
+    """The rule is the wrapper's shape (it holds the torch function it calls), not a file name:
+    typing_extensions' and warnings' @deprecated, a wrapt-style wrapper(wrapped, ...), a class
+    decorated as a whole; a third-party library's own function that calls torch is still a site."""
+    import warnings
+
+    import typing_extensions
+
+    library = tmp_path / "site-packages" / "thirdparty.py"
+    library.parent.mkdir()
+    library.write_text(textwrap.dedent("""
+        import functools
+
+        def deprecate(fn):
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):
+                return fn(*args, **kwargs)
+            return wrapper
+
+        def call_wrapped(wrapped, instance, args, kwargs):
+            return wrapped(*args, **kwargs)
+
+        def prepare(model):
+            return model.cuda()  # a library's own work: its own site
+    """))
+    namespace = {"__name__": "thirdparty", "__file__": str(library)}
+    exec(compile(library.read_text(), str(library), "exec"), namespace)
+    cuda = torch.nn.Module.cuda
+    wrappers = {"typing_extensions": typing_extensions.deprecated("old")(cuda),
+                "hand-made": namespace["deprecate"](cuda),
+                "wrapt-style": lambda model: namespace["call_wrapped"](cuda, None, (model,), {})}
+    if hasattr(warnings, "deprecated"):
+        wrappers["warnings"] = warnings.deprecated("old")(cuda)
+    expected = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, wrapped in wrappers.items():
+            wrapped(torch.nn.Linear(1, 1))  # site: through a wrapper
+        namespace["prepare"](torch.nn.Linear(1, 1))
+    rows = [r for r in recording()["calls"] if r["api"] == "Tensor.cuda"]
+    got = sorted((r["file"], r["line"], r["count"], r["via"]) for r in rows)
+    via = "torch.nn.modules.module:Module.cuda"
+    expected = [(HERE, line_of("site: through a wrapper"), 2 * len(wrappers), via),
+                (str(library), 14, 2, via)]
+    assert got == sorted(expected)
+
+
+def test_autocast_regions_made_for_cuda_are_listed(recording):
+    import warnings
+
+    with torch.autocast("cuda"):  # site: autocast
+        pass
+    for _ in range(2):
+        with torch.amp.autocast("cuda", dtype=torch.bfloat16):  # site: amp autocast
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.cuda.amp.autocast():  # site: legacy autocast
+            pass
+    with torch.autocast("cpu"):  # a CPU region: nothing redirected
+        pass
+
+    @torch.autocast("cuda")  # site: autocast decorator
+    def step():
+        return torch.ones(1)
+
+    step()
+    step()
+    rows = sorted((r["api"], r["line"], r["asked"], r["used"], r["count"], r["kind"])
+                  for r in recording()["calls"] if "autocast" in r["api"] and r["file"] == HERE)
+    assert rows == sorted([
+        ("torch.autocast", line_of("site: autocast"), "cuda", "cpu", 1, "redirected"),
+        ("torch.autocast", line_of("site: amp autocast"), "cuda", "cpu", 2, "redirected"),
+        ("torch.cuda.amp.autocast", line_of("site: legacy autocast"), "cuda", "cpu", 1, "redirected"),
+        ("torch.autocast", line_of("site: autocast decorator"), "cuda", "cpu", 1, "redirected"),
+    ])

@@ -141,7 +141,7 @@ def _coverage(options) -> int:
 
     form = "markdown" if options.markdown else "json" if options.json else "text"
     name = _cli_cache.key(f"coverage-{form}")  # None when torch is imported or its build needs the hardware
-    text = _cli_cache.load(name)
+    text = _cli_cache.load(name, str)  # a stored answer that is not exactly a text is computed again
     if text is None:
         text = _coverage_text(form)
         if text is None:

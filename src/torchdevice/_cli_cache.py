@@ -25,7 +25,11 @@ torch, torchdevice or configuration. Nothing is stored or read when torch is
 already imported in the process (its live state is then the answer), when
 torch cannot be located without importing it, or when there is no cache
 directory; a missing, unreadable or unwritable file only means the answer is
-computed as before. There is no switch: a stored answer cannot be stale, and
+computed as before. A stored file is used only if it is exactly what this code
+wrote: the format number, the key, a SHA-256 checksum of the answer, and an
+answer of the shape the command expects, with no terminal control characters
+in any string (``load(name, shape)``); anything else (an edited, truncated or
+foreign file) means "compute again". There is no switch: a stored answer cannot be stale, and
 deleting the directory is always safe. What a cached run does not repeat is
 what activation logs on stderr (warnings about an area that failed to apply);
 ``info`` shows such failures in its areas section either way.
@@ -40,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-FORMAT = 1  # bump when the meaning of a stored answer changes
+FORMAT = 2  # bump when the meaning of a stored answer changes (2: checksum and format stored)
 _NAME = "cli"
 _UNSET = re.compile(r"^(cuda|hip)\s*(:[^=]*)?=\s*None\s*$", re.M)
 
@@ -119,16 +123,66 @@ def _path(name: str) -> Optional[Path]:
     return None if folder is None else folder / f"{_NAME}-{name}.json"
 
 
-def load(name: Optional[str]):
-    """The answer stored under ``name`` (a ``key()``), or None."""
+def _digest(name: str, answer) -> str:
+    """The checksum stored with an answer: of the format, the key and the answer's canonical JSON."""
+    text = json.dumps([FORMAT, name, answer], sort_keys=True, ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# Control characters that a terminal may act on (ESC, CSI, BEL, ...); a stored answer holding
+# one was not written by this code (what it prints is plain text): it is computed again.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def matches(value, shape) -> bool:
+    """Whether ``value`` has exactly ``shape``.
+
+    ``shape`` is a type or tuple of types (``bool`` is not an ``int`` here),
+    ``[item]`` (a list of items), ``{key: shape, ...}`` (a dict with exactly
+    these keys) or ``{str: shape}`` (a dict from strings to shapes). No string
+    anywhere may hold a terminal control character.
+    """
+    if isinstance(shape, list):
+        return isinstance(value, list) and all(matches(item, shape[0]) for item in value)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return False
+        if set(shape) == {str}:
+            return all(isinstance(k, str) and not _CONTROL.search(k) and matches(v, shape[str])
+                       for k, v in value.items())
+        return set(value) == set(shape) and all(matches(value[k], shape[k]) for k in shape)
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if isinstance(value, str) and _CONTROL.search(value):
+        return False
+    return isinstance(value, kinds)
+
+
+def load(name: Optional[str], shape=str):
+    """The answer stored under ``name`` (a ``key()``), or None.
+
+    None unless the file is exactly what ``store`` wrote for ``name``: this
+    format, this key, the checksum of the answer, and an answer of ``shape``
+    (see ``matches``). Anything else means the answer is computed again.
+    """
     path = None if name is None else _path(name)
     if path is None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return data.get("answer") if isinstance(data, dict) and data.get("key") == name else None
+    if not (isinstance(data, dict) and set(data) == {"format", "key", "sha256", "answer"}
+            and data["format"] == FORMAT and data["key"] == name):
+        return None
+    answer = data["answer"]
+    try:
+        if data["sha256"] != _digest(name, answer) or not matches(answer, shape):
+            return None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return answer
 
 
 def store(name: Optional[str], answer) -> None:
@@ -141,9 +195,9 @@ def store(name: Optional[str], answer) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{_NAME}-", suffix=".tmp", dir=str(path.parent))
         with os.fdopen(fd, "w") as f:
-            json.dump({"key": name, "answer": answer}, f)
+            json.dump({"format": FORMAT, "key": name, "sha256": _digest(name, answer), "answer": answer}, f)
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ValueError, TypeError):
         if tmp is not None:
             try:
                 os.unlink(tmp)

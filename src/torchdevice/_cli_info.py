@@ -124,7 +124,7 @@ def collect():
     start = autoload_state()
     cfg = config.load()  # raises ConfigError for a bad value, before torch loads
     name = _cli_cache.key("info")
-    part = _cli_cache.load(name)
+    part = _cli_cache.load(name, TORCH_PART)
     if part is None:
         part = _torch_part()
         _cli_cache.store(name, part)
@@ -145,6 +145,19 @@ def collect():
         "strict": cfg.strict,
         "areas": part["areas"],
     }
+
+
+_TEXT = (str, type(None))
+_ITEMS = [{"target": str, "reason": str}]
+# The shape of ``_torch_part()``: a stored answer of any other shape is computed again (_cli_cache.matches).
+TORCH_PART = {
+    "torch": {"version": str, "build": str, "cuda": _TEXT, "hip": _TEXT, "mps_built": bool, "path": str},
+    "hardware": {"cuda_devices": [str], "mps_available": bool},
+    "activated_by": str,
+    "target": {"device": _TEXT, "redirect": bool, "reason": _TEXT},
+    "accelerator": str,
+    "areas": {str: {"state": str, "applied": [str], "skipped": _ITEMS, "deferred": _ITEMS, "reason": _TEXT}},
+}
 
 
 def _torch_part():

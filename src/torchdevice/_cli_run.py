@@ -45,8 +45,12 @@ def _prepare(report) -> int:
         value = "1" if report == "-" else report
         try:
             config.load({config.REPORT: value})
-        except config.ConfigError:
-            _error(f"--report {report!r} is not valid: give '-' for a table on stderr or a path ending in .json")
+        except config.ConfigError as exc:
+            if "cannot be written" in str(exc):  # a .json path that cannot be written: say why
+                reason = str(exc).split(" cannot be written: ", 1)[1].replace("or 1 for", "or '-' for")
+                _error(f"--report {report!r} cannot be written: {reason}")
+            else:
+                _error(f"--report {report!r} is not valid: give '-' for a table on stderr or a path ending in .json")
             return 2
         os.environ[config.REPORT] = value
     os.environ.pop(config.DISABLE, None)

@@ -198,7 +198,35 @@ def _parse_report(value: Optional[str], name: str = REPORT) -> Optional[str]:
         return "-"
     if not word.lower().endswith(".json"):
         raise _error(name, value, "1/true/yes/on (report on stderr), 0/false/no/off, or a path ending in .json")
-    return word
+    return _report_path(name, value, word)
+
+
+def _report_path(name: str, value: str, word: str) -> str:
+    """``word`` with ``~`` expanded, checked now rather than when the report is written at exit.
+
+    The report can be written only if the path is not a directory and its
+    nearest existing ancestor is a writable directory (the missing ones are
+    created at exit). A relative path stays relative: it is resolved against
+    the working directory when the report starts (core/report.py).
+    """
+    path = os.path.expanduser(word)
+    problem = None
+    if path.startswith("~"):
+        problem = "~ cannot be expanded here (no home directory)"
+    elif os.path.isdir(path):
+        problem = f"{os.path.abspath(path)} is a directory"
+    else:
+        ancestor = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            problem = f"{ancestor} is not a directory"
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            problem = f"the directory {ancestor} is not writable"
+    if problem is not None:
+        raise ConfigError(f"torchdevice: {name}={value!r} cannot be written: {problem}; give a .json path "
+                          "in a writable directory (missing directories are created), or 1 for a table on stderr.")
+    return path
 
 
 # -- settings given in code: torchdevice.patch(**settings) ---------------------------------

@@ -59,6 +59,7 @@ from .patch import MISSING, UNSUPPORTED
 
 SCHEMA = "torchdevice.report/1"
 SPOOL_ENV = "_TORCHDEVICE_REPORT_SPOOL"
+DEST_ENV = "_TORCHDEVICE_REPORT_DEST"  # where the root of SPOOL_ENV writes ("-" or an absolute path)
 MAX_SITES = 10000
 _MISS = object()
 _NULL = itertools.count()  # counter for calls that are not recorded
@@ -94,6 +95,11 @@ class _State:
         self.root_pid = self.pid
         self.spool = None
         self.written = False
+        self.writing = False      # _finish is running (a SIGTERM then waits for it)
+        self.term_pending = False  # a SIGTERM arrived while writing: re-raised when done
+        self.live = None  # a child's marker file in the spool, once it recorded a call
+        self.umask = 0o022
+        self.program = {}  # argv/program/argv_omitted, read when the report started in this process
         self.entries = {}  # (user code, offset, api, asked) -> counter
         self.via = {}      # same key -> library function the user called, or None
         self.errors = {}   # same key -> first line of the error (UNSUPPORTED)
@@ -135,17 +141,48 @@ def start(config, target):
     with _lock:
         if _state is None:
             _state = _State(None, target)
+            _state.umask = _umask()
+            _state.program = _program_info()  # now: runpy restores sys.argv and __main__ before exit
+            dest = config.report if config.report == "-" else os.path.abspath(config.report)
             spool = os.environ.get(SPOOL_ENV)
-            if spool and os.path.isdir(spool):
+            if spool and os.path.isdir(spool) and os.environ.get(DEST_ENV) == dest:
                 _state.spool = spool  # a process below a root: write to its spool at exit
             else:
-                _state.dest = config.report if config.report == "-" else os.path.abspath(config.report)
+                # The first process, or one that asked for another destination than its root
+                # (``torchdevice run --report other.json`` below a reporting program): its own report.
+                _state.dest = dest
                 _state.spool = tempfile.mkdtemp(prefix="torchdevice-report-")
                 os.environ[SPOOL_ENV] = _state.spool
+                os.environ[DEST_ENV] = dest
+                _absolute_in_environment(config.report, dest)
             _arm_exit()
         else:
             _state.target = target
     return hook
+
+
+def _absolute_in_environment(report, dest):
+    """Make an inherited relative ``TORCHDEVICE_REPORT`` absolute, so that children started in
+    another working directory name the same destination (and join this report)."""
+    from .config import REPORT
+
+    value = os.environ.get(REPORT)
+    if dest != "-" and value is not None and os.path.expanduser(value.strip()) == report and value != dest:
+        os.environ[REPORT] = dest
+
+
+def _umask():
+    """The process umask, read without changing it where the system tells (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _arm_exit():
@@ -168,7 +205,8 @@ def _after_fork():
     if state is None:
         return
     state.pid = os.getpid()
-    state.written = False
+    state.written = state.writing = state.term_pending = False
+    state.live = None
     state.clear()
     for api in _apis:
         api.table.clear()
@@ -187,7 +225,7 @@ def _finish():
     state = _state
     if state is None or state.written:
         return
-    state.written = True
+    state.written = state.writing = True
     try:
         if state.is_root:
             _write_report(state)
@@ -198,6 +236,66 @@ def _finish():
             sys.stderr.write(f"torchdevice: could not write the migration report: {type(exc).__name__}: {exc}\n")
         except Exception:
             pass
+    finally:
+        state.writing = False
+    if state.term_pending:
+        _die_by_sigterm()
+
+
+# -- children that are terminated -------------------------------------------------------
+# A child ends without running its exit finalizers when it is terminated: ``with Pool() as
+# pool:`` ends with ``Pool.terminate()``; multiprocessing terminates daemonic children still
+# alive at exit; torchrun terminates the other ranks when one fails. So a child that has
+# recorded a call (1) leaves a marker file in the spool, removed when its records are
+# written, so that the root can say which processes' records are missing, and (2) catches
+# SIGTERM, if nothing else handles it, to write its records before it dies of the signal.
+def _child_recorded(state):
+    """First record of a child process: leave its marker and catch SIGTERM (once per process)."""
+    name = os.path.join(state.spool, f"{state.pid}-{uuid.uuid4().hex[:8]}")
+    state.live = name
+    try:
+        _write_json(name + ".live", _process_info(state, "child"), state.umask)
+    except OSError:
+        pass
+    _catch_sigterm()
+
+
+def _catch_sigterm():
+    import signal
+
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread of the main interpreter
+        pass
+
+
+def _on_sigterm(signum, frame):
+    """Write this child's records, then die of SIGTERM as the default action would."""
+    state = _state
+    if state is not None and state.pid == os.getpid():
+        if state.writing:
+            state.term_pending = True  # let the write in progress finish first
+            return
+        global _signal_write
+        _signal_write = True
+        try:
+            _finish()
+        finally:
+            _signal_write = False
+    _die_by_sigterm()
+
+
+def _die_by_sigterm():
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+_signal_write = False  # set while a signal handler writes: the tables' lock may be held by the interrupted code
 
 
 def discard():
@@ -243,6 +341,8 @@ def hook(record, owner, raw, replacement, original=None):
         method = is_class and not isinstance(raw, (staticmethod, classmethod))
     else:
         return replacement  # constants, descriptors, instances: nothing to count
+    if record.target in _REGIONS and record.kind != UNSUPPORTED and not isinstance(replacement, type):
+        return _wrap_region(replacement, record, used)
     special = _SPECIAL.get(api_name)
     always = special is None and (cuda_owner or record.kind == UNSUPPORTED)
     plan = special or _extractor(function, method, always)
@@ -437,6 +537,48 @@ _SPECIAL = {
 }
 
 
+# Context managers whose CUDA regions run on the target, listed under the name the program
+# used: record target -> (display name of the class torch.cuda.amp derives from it, its
+# torch.cuda.amp subclass's module and name). ``torch.autocast("cuda")`` and
+# ``torch.amp.autocast("cuda")`` are one class; ``torch.cuda.amp.autocast()`` subclasses it.
+_REGIONS = {
+    "torch.amp.autocast_mode.autocast.__init__": ("torch.autocast", "torch.cuda.amp.autocast_mode", "autocast",
+                                                  "torch.cuda.amp.autocast"),
+}
+
+
+def _wrap_region(fn, record, used):
+    """The recorder of an autocast-like ``__init__(self, device_type, ...)``: counts "cuda" regions.
+
+    The API is named after the class the program constructed: the legacy
+    ``torch.cuda.amp`` subclass, or the class itself (a subclass of the
+    program's own counts as the class it derives from).
+    """
+    name, legacy_module, legacy_name, legacy_display = _REGIONS[record.target]
+    plain = _Api(name, record.kind, record.note, used, direct_only=False)
+    legacy = _Api(legacy_display, record.kind, record.note, used, direct_only=False)
+    _apis.extend((plain, legacy))
+    getframe = sys._getframe
+    slow_next = _slow_next
+
+    def recorder(self, *args, **kwargs):
+        device_type = args[0] if args else kwargs.get("device_type")
+        if device_type == "cuda":
+            module = sys.modules.get(legacy_module)
+            legacy_class = getattr(module, legacy_name, None) if module is not None else None
+            api = legacy if legacy_class is not None and isinstance(self, legacy_class) else plain
+            frame = getframe(1)
+            node = api.fast.get(frame.f_lasti)
+            if node is not None and node[0] is frame.f_code:
+                next(node[2])
+            else:
+                slow_next(api, frame, "cuda")
+        return fn(self, *args, **kwargs)
+    functools.update_wrapper(recorder, fn)
+    recorder._torchdevice_recorder = plain
+    return recorder
+
+
 # -- recording ----------------------------------------------------------------------------
 def _site_key(api, frame, asked):
     """(entry key, via, cacheable) for a call from ``frame``; key None: do not record."""
@@ -491,6 +633,8 @@ def _counter(api, frame, asked):
                 return _NULL, False
             counter = state.entries[key] = itertools.count()
             state.via[key] = None if below is None else sites.function_name(below)
+    if state.live is None and state.spool and not state.is_root:
+        _child_recorded(state)
     # Keyed by id(): hashing a code object hashes its contents. _KEEP holds
     # the code object, so that its id cannot be reused while cached.
     _KEEP[id(user.f_code)] = user.f_code
@@ -721,9 +865,26 @@ def _line_of(code, offset):
 
 
 def _process_info(state, role):
+    """One entry of ``processes``: the program, never its arguments (they may hold secrets)."""
     rank = os.environ.get("RANK")
-    return {"pid": state.pid, "role": role, "rank": int(rank) if rank and rank.isdigit() else None,
-            "argv": list(sys.argv)}
+    info = {"pid": state.pid, "role": role, "rank": int(rank) if rank and rank.isdigit() else None}
+    info.update(state.program or _program_info())
+    return info
+
+
+def _program_info():
+    argv = list(sys.argv)
+    return {"argv": argv[:1], "program": _program(argv), "argv_omitted": max(len(argv) - 1, 0)}
+
+
+def _program(argv):
+    """What ran: ``-m module`` for ``python -m``, ``-c`` for ``python -c``, else the script as given."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name not in ("__main__", "__mp_main__"):
+        return f"-m {name[:-len('.__main__')] if name.endswith('.__main__') else name}"
+    return argv[0] if argv else ""
 
 
 def snapshot(state=None):
@@ -732,9 +893,7 @@ def snapshot(state=None):
     rows = {}
     if state is None:
         return {"calls": [], "unsupported": [], "dropped": 0}
-    with _lock:
-        items = [(key, _value(counter), state.via.get(key), state.errors.get(key))
-                 for key, counter in state.entries.items()]
+    items = _items(state)
     for (code, offset, api, asked), count, via, error in items:
         if count == 0:
             continue
@@ -759,6 +918,33 @@ def snapshot(state=None):
     }
 
 
+def _items(state):
+    """(key, count, via, error) of every entry, read under the tables' lock.
+
+    From a signal handler the lock may be held by the very code the signal
+    interrupted: then the tables are read without it (the interrupted thread is
+    paused between two bytecodes, so they are consistent; another thread that
+    changes them meanwhile makes the read start again).
+    """
+    def read():
+        return [(key, _value(counter), state.via.get(key), state.errors.get(key))
+                for key, counter in list(state.entries.items())]
+    if not _signal_write:
+        with _lock:
+            return read()
+    locked = _lock.acquire(timeout=0.5)
+    try:
+        for _ in range(100):
+            try:
+                return read()
+            except RuntimeError:  # changed size during the read
+                continue
+        return []
+    finally:
+        if locked:
+            _lock.release()
+
+
 def _merge(into, part):
     index = {(r["file"], r["line"], r["api"], r["asked"]): r for r in into}
     for row in part:
@@ -781,11 +967,40 @@ def _write_spool(state):
         return  # the root already finished; nothing to add to
     data = snapshot(state)
     data["process"] = _process_info(state, "child")
-    name = os.path.join(state.spool, f"{state.pid}-{uuid.uuid4().hex[:8]}.json")
-    tmp = name + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, name)
+    base = state.live or os.path.join(state.spool, f"{state.pid}-{uuid.uuid4().hex[:8]}")
+    _write_json(base + ".json", data, state.umask)
+    if state.live:
+        try:
+            os.unlink(state.live + ".live")
+        except OSError:
+            pass
+
+
+def _write_json(path, data, umask, indent=None):
+    """Write ``data`` to ``path`` atomically, through a temporary file created securely next to it.
+
+    ``mkstemp`` opens a new file with a random name (``O_EXCL``: a file or
+    symlink planted in advance is never opened); ``os.replace`` renames it over
+    ``path`` (a symlink at ``path`` is replaced, not followed). On any failure
+    the temporary file is removed and the error propagates. The file gets the
+    mode ``open()`` would give a new file (0666 less the umask).
+    """
+    directory = os.path.dirname(path) or os.curdir
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+            json.dump(data, f, indent=indent)
+            if indent is not None:
+                f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def build(state=None):
@@ -799,15 +1014,23 @@ def build(state=None):
     _merge(unsupported, own["unsupported"])
     processes = [_process_info(state, "main")]
     dropped = own["dropped"]
+    lost = 0
     spool = state.spool
     if spool and os.path.isdir(spool):
-        for name in sorted(os.listdir(spool)):
+        names = set(os.listdir(spool))
+        for name in sorted(names):
+            if name.endswith(".live") and name[:-5] + ".json" not in names:
+                # A child that recorded calls and ended (or still runs) without writing them.
+                part = _read_json(os.path.join(spool, name))
+                info = part if isinstance(part, dict) else {}
+                info["lost"] = True
+                processes.append(info)
+                lost += 1
+                continue
             if not name.endswith(".json"):
                 continue
-            try:
-                with open(os.path.join(spool, name)) as f:
-                    part = json.load(f)
-            except (OSError, ValueError):
+            part = _read_json(os.path.join(spool, name))
+            if not isinstance(part, dict):
                 continue
             _merge(calls, part.get("calls", []))
             _merge(unsupported, part.get("unsupported", []))
@@ -831,7 +1054,16 @@ def build(state=None):
         "calls": _sort(calls),
         "unsupported": _sort(unsupported),
         "dropped": dropped,
+        "lost": lost,
     }
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _version():
@@ -849,6 +1081,8 @@ def render_text(report, cwd=None):
              f"instead of CUDA ({where}; target: {report['reason']})"]
     if not calls and not unsupported:
         lines = [f"torchdevice migration report: nothing was redirected ({report['reason']})"]
+        if report.get("lost"):
+            lines = [f"torchdevice migration report: no call site recorded ({report['reason']})"]
     header = ("count", "site", "api", "kind", "asked", "used")
 
     def table(rows, extra=None):
@@ -870,6 +1104,9 @@ def render_text(report, cwd=None):
     if unsupported:
         lines.append(f"unsupported calls hit: {len(unsupported)}")
         lines += table(unsupported, lambda r: r.get("error", ""))
+    if report.get("lost"):
+        lines.append(f"  ({report['lost']} process(es) recorded calls but ended without writing them "
+                     f"(killed, or still running): their calls are missing above)")
     if report["dropped"]:
         lines.append(f"  ({report['dropped']} calls from further call sites were not recorded: "
                      f"more than {MAX_SITES} distinct sites)")
@@ -882,11 +1119,5 @@ def _write_report(state):
         sys.stderr.write(render_text(report))
         sys.stderr.flush()
         return
-    directory = os.path.dirname(state.dest)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = f"{state.dest}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, state.dest)
+    os.makedirs(os.path.dirname(state.dest), exist_ok=True)
+    _write_json(state.dest, report, state.umask, indent=2)

@@ -131,18 +131,70 @@ def user_site(frame):
 
 
 def user_frame(frame):
-    """(user frame, library frame it called or None): ``user_site`` without naming the function."""
+    """(user frame, library frame it called or None): ``user_site`` without naming the function.
+
+    A user-classified frame that only passes a call through to the library
+    function it wraps (``passes_through``: a deprecation wrapper such as
+    ``typing_extensions.deprecated``'s around ``torch.cuda.amp.GradScaler``)
+    is not the program's call site: the walk goes on to its caller.
+    """
     below = None
     while frame is not None:
         code = frame.f_code
         entry = CODE_CLASS.get(id(code))
         kind = classify(code, frame.f_globals) if entry is None else entry[1]
         if kind == USER:
-            return frame, below
-        if kind == LIBRARY:
+            if below is None or not passes_through(frame, below):
+                return frame, below
+        elif kind == LIBRARY:
             below = frame
         frame = frame.f_back
     return None, None
+
+
+def passes_through(frame, callee) -> bool:
+    """Whether ``frame`` is a decorator's wrapper around the function running in ``callee``.
+
+    A wrapper keeps the function it wraps in a closure cell or an argument
+    (``functools.wraps`` closures, PEP 702 ``@deprecated`` from ``warnings`` and
+    ``typing_extensions``, wrapt-style ``wrapper(wrapped, instance, args,
+    kwargs)``); for a class, its ``__init__``/``__new__``. ``frame`` passes the
+    call through when such a held object's code is the code ``callee`` runs.
+    Only frames of code that can hold one are looked at (a closure, or a
+    function with arguments); this runs on the first call from a site only.
+    """
+    code = frame.f_code
+    names = code.co_freevars + code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    if not names:
+        return False
+    target = callee.f_code
+    local = frame.f_locals
+    for name in names:
+        held = local.get(name)
+        if held is None or isinstance(held, (str, int, float, bool, bytes, tuple, list, dict)):
+            continue
+        if _code_of(held) is target:
+            return True
+        if isinstance(held, type):
+            for attr in ("__init__", "__new__"):
+                if _code_of(held.__dict__.get(attr)) is target:
+                    return True
+    return False
+
+
+def _code_of(obj):
+    """The code object a function, method, static/classmethod or wrapper of one runs, else None."""
+    try:
+        for _ in range(4):
+            if obj is None:
+                return None
+            code = getattr(obj, "__code__", None)
+            if code is not None:
+                return code
+            obj = getattr(obj, "__func__", None) or getattr(obj, "__wrapped__", None)
+    except Exception:  # an object whose attribute lookup fails or does work: not a wrapped function
+        return None
+    return None
 
 
 def display_path(filename: str, cwd=None) -> str:
