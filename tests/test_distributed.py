@@ -167,3 +167,109 @@ def test_fsdp_device_id_names_the_target(patched):
     init(object(), None, None, None, None, None, None, None, None, None, 2)  # positional device_id
     init(object(), None)
     assert seen == [torch.device("cpu")] * 6 + [None]
+
+
+# -- NCCL's semantics on the rewritten groups: the whole matrix on two ranks ---------------------------------
+def _matrix_program():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dist_collectives", PROGRAMS / "dist_collectives.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_collective_keeps_nccl_semantics_on_two_ranks(autoload_python, tmp_path):
+    """Every cell (collective x ReduceOp x dtype x async_op) of tests/programs/dist_collectives.py
+    equals NCCL's result computed locally from the known inputs, or raises NCCL's error."""
+    ranks, _ = torchrun(autoload_python, "dist_collectives.py", 2, tmp_path)
+    matrix = _matrix_program()
+    expected = {cell for cell, _, _ in matrix.cells()}
+    for out in ranks:
+        assert out["backend"] == "nccl" and out["world"] == 2
+        assert set(out["cells"]) == expected, "the ranks ran the whole matrix"
+        wrong = {cell: result for cell, result in out["cells"].items() if result != "ok"}
+        assert not wrong, f"rank {out['rank']}: {len(wrong)} of {len(expected)} cells differ from NCCL: " + \
+            "\n".join(f"{c}: {r}" for c, r in list(wrong.items())[:20])
+    assert len(expected) > 1000
+
+
+# What the matrix calls for each of its collectives (the cells that exercise two functions name both).
+_MATRIX_FUNCTIONS = {
+    "send_recv": ("send", "recv", "isend", "irecv"),
+    "send_recv_object_list": ("send_object_list", "recv_object_list"),
+    "all_gather_into_tensor_stacked": ("all_gather_into_tensor",),
+    "all_to_all_single_uneven": ("all_to_all_single",),
+}
+# Group management, not collectives (they take a group, move no data).
+_MANAGEMENT = ("get_", "new_", "init_", "destroy_", "is_", "split_group", "shrink_group")
+# Offered by torch for any backend, but not by NCCL (none today: all_gather_coalesced, refused by
+# older NCCL backends, is implemented by torch's current one and is in the matrix).
+_NOT_NCCL = set()
+
+
+def _public_collectives():
+    """torch.distributed's public functions that communicate over a group: they take a group
+    (``group``, ``group_src``/``group_dst``) or a list of P2POps, and do not manage groups."""
+    import inspect as _inspect
+
+    import torch.distributed as dist
+
+    found = set()
+    for name in dir(dist):
+        function = getattr(dist, name)
+        if name.startswith("_") or name.startswith(_MANAGEMENT) or not callable(function) or _inspect.isclass(function):
+            continue
+        try:
+            parameters = _inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p in parameters for p in ("group", "group_src", "group_dst", "p2p_op_list")):
+            found.add(name)
+    return found
+
+
+def test_the_matrix_covers_every_collective_nccl_offers():
+    matrix = _matrix_program()
+    names = (*matrix.REDUCING, *matrix.MOVING, *matrix.PLAIN)
+    covered = {f for name in names for f in _MATRIX_FUNCTIONS.get(name, (name,))}
+    public = _public_collectives()
+    assert {"all_reduce", "broadcast", "batch_isend_irecv", "monitored_barrier", "gather_object"} <= public, \
+        "the rule finds torch's collectives"
+    missing = public - covered - _NOT_NCCL
+    assert not missing, f"collectives of torch.distributed missing from the matrix: {sorted(missing)}"
+    assert set(distributed._collectives.COMPOSED) <= covered, "every composition is exercised"
+    reduce_ops = {op for op in dist_reduce_op_names()}
+    assert reduce_ops <= {op.replace("_TENSOR", "") for op in matrix.OPS}, "every ReduceOp is in the matrix"
+
+
+def dist_reduce_op_names():
+    import torch.distributed as dist
+
+    return set(dist.ReduceOp.RedOpType.__members__) - {"UNUSED"}
+
+
+def test_nccl_errors_are_for_user_code_only(patched):
+    """torch's own code on a rewritten group keeps gloo's behaviour where NCCL would refuse."""
+    from torchdevice.ops import collectives
+
+    calls = []
+
+    def original(tensor, op=None, group=None, async_op=False):
+        calls.append(op)
+        return "gloo's answer"
+
+    import torch.distributed as dist
+
+    arguments = {"tensor": torch.ones(2, dtype=torch.int16), "op": dist.ReduceOp.SUM, "group": None,
+                 "async_op": False}
+    with pytest.raises(TypeError, match="not supported for NCCL process group: Short"):
+        collectives.all_reduce(dict(arguments), original, True)
+    assert collectives.all_reduce(dict(arguments), original, False) == "gloo's answer"
+    arguments.update(tensor=torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.BAND)
+    with pytest.raises(ValueError, match="Cannot use ReduceOp.BAND with NCCL"):
+        collectives.all_reduce(dict(arguments), original, True)
+    assert collectives.all_reduce(dict(arguments), original, False) == "gloo's answer"
+    assert calls == [dist.ReduceOp.SUM, dist.ReduceOp.BAND]
+    with pytest.raises(ValueError, match="monitored_barrier is only implemented for GLOO"):
+        collectives.monitored_barrier({}, original, True)

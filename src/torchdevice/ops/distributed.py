@@ -32,12 +32,44 @@ import torch
 from ..core import device as _device
 from ..core.logger import get_logger
 from ..core.patch import EMULATED, REGISTRY, Patch, active_config
+from . import collectives as _collectives
 
 AREA = "distributed"
 log = get_logger(AREA)
 _RealDevice = torch._C.device
-# Process group -> the backend string the program asked for, where torchdevice changed it.
+# Process group -> the backend string the program asked for, where torchdevice changed it
+# (None: the program asked for a backend of its own choice, e.g. "gloo", which stays as it is).
 _asked = {}
+_INHERIT = object()
+
+
+def asked_for(group=None):
+    """The backend the program asked for on ``group`` where torchdevice rewrote it, else None.
+
+    Groups made without a backend of their own (``new_group(ranks)``, a DeviceMesh's groups,
+    which torch makes internally) inherit from the default group, as they take its NCCL on a
+    GPU: a gloo group made while the default group's NCCL was rewritten counts as rewritten.
+    """
+    if not _asked:
+        return None
+    import torch.distributed as dist
+
+    key = dist.group.WORLD if group is None else group
+    asked = _asked.get(key, _INHERIT)
+    if asked is _INHERIT:
+        world = _asked.get(dist.group.WORLD)
+        asked = world if world is not None and _real_backend(key) == "gloo" else None
+        _asked[key] = asked
+    return asked
+
+
+def _real_backend(group):
+    import torch.distributed.distributed_c10d as c10d
+
+    try:
+        return str(c10d.get_backend(group))
+    except (RuntimeError, ValueError):
+        return None
 
 
 def _gloo_backend(backend):
@@ -82,6 +114,8 @@ def _rewriting(names, remember, target):
             result = original(*bound.args, **bound.kwargs)
             if changed:
                 remember(result, str(asked))
+            elif asked is not None and remember is not _remember_default:
+                remember(result, None)  # a backend of the program's own choice: left as it is
             return result
         return functools.wraps(original)(wrapper)
     return make
@@ -94,14 +128,16 @@ def _remember_default(result, asked):
 
 
 def _remember_group(result, asked):
-    _asked[result] = asked
+    if result is not None:
+        _asked[result] = asked
 
 
 def _remember_subgroups(result, asked):
     current, groups = result
     for group in groups:
         _asked[group] = asked
-    _asked[current] = asked
+    if current is not None:
+        _asked[current] = asked
 
 
 def _get_backend(truthful):
@@ -114,7 +150,7 @@ def _get_backend(truthful):
                 return real
             import torch.distributed as dist
 
-            asked = _asked.get(dist.group.WORLD if group is None else group)
+            asked = asked_for(group)
             return real if asked is None else dist.Backend(asked)
         return functools.wraps(original)(get_backend)
     return make
@@ -270,11 +306,26 @@ def records():
             Patch(c10d, "is_nccl_available", _is_nccl_available(cfg.truthful_modules), kind=EMULATED,
                   note="True for user code, the real answer for torch itself"),
         ]
-    if not _backend_takes(target.type):
-        for name, (written, read) in _STAGED.items():
-            out.append(Patch(c10d, name, _staged(target.type, written, read), kind=EMULATED,
-                             note=f"{target.type} tensors travel as CPU copies (gloo takes CPU tensors)"))
+    staging = not _backend_takes(target.type)
+    sees_truth = functools.partial(_device.caller_sees_truth, cfg.truthful_modules, 2)
+    for name in _collectives.COMPOSED:
+        if name not in dist.__dict__:
+            continue  # not in this torch release
+        make = _collectives.nccl_semantics(name, asked_for, sees_truth)
+        note = "NCCL's semantics on groups moved from NCCL to gloo"
+        if staging and name in _STAGED:
+            make = _then(make, _staged(target.type, *_STAGED[name]))
+            note += f"; {target.type} tensors travel as CPU copies (gloo takes CPU tensors)"
+        out.append(Patch(c10d, name, make, kind=EMULATED, note=note))
+    if "_make_nccl_premul_sum" in dist.__dict__:
+        out.append(Patch(c10d, "_make_nccl_premul_sum", _collectives.premul_sum_maker,
+                         note="PREMUL_SUM's factor, for the composition on gloo"))
     return out
+
+
+def _then(inner, outer):
+    """A patch maker applying ``inner`` to the original, then ``outer`` around it."""
+    return lambda original: outer(inner(original))
 
 
 def apply_patches():
