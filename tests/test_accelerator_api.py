@@ -350,7 +350,7 @@ def check_state(result, mode, device, distributed_type, world, rank):
 @needs_accelerator
 @pytest.mark.parametrize("mode", ["fp16", "bf16"])
 def test_accelerate_style_single_process(autoload_python, tmp_path, mode):
-    proc = subprocess.run([autoload_python, str(PROGRAM), str(tmp_path), mode], env=clean_env(),
+    proc = subprocess.run([autoload_python, str(PROGRAM), str(tmp_path), mode], env=clean_env(TORCHDEVICE_PRECISION="keep"),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     check_state(json.loads((tmp_path / "rank0.json").read_text()), mode, "cuda", "NO", 1, 0)
@@ -359,7 +359,7 @@ def test_accelerate_style_single_process(autoload_python, tmp_path, mode):
 @needs_accelerator
 def test_accelerate_style_two_processes(autoload_python, tmp_path):
     result = porting.torchrun(autoload_python, PROGRAM, 2, str(tmp_path), "fp16",
-                              env=clean_env(OMP_NUM_THREADS="1", TORCHDEVICE_DEVICE_COUNT="2"), timeout=120)
+                              env=clean_env(OMP_NUM_THREADS="1", TORCHDEVICE_DEVICE_COUNT="2", TORCHDEVICE_PRECISION="keep"), timeout=120)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank, state in enumerate(ranks):

@@ -72,6 +72,7 @@ GOOD_AND_BAD = {
     "mps_float64": ("cpu", "cpu", "float32"),
     "report": ("1", True, "report.txt"),
     "pure_python": ("yes", True, "sometimes"),
+    "precision": ("KEEP", "keep", "half"),
 }
 
 

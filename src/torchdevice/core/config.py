@@ -252,6 +252,7 @@ SETTINGS: Dict[str, Tuple[str, str, object]] = {
     "mps_float64": (MPS_FLOAT64, "str", _choice_parser(MPS_FLOAT64_POLICIES, "downcast")),
     "report": (REPORT, "str, os.PathLike, bool or None", _parse_report),
     "pure_python": (PURE_PYTHON, "bool or str", _bool_parser(False)),
+    "precision": (PRECISION, "str", _choice_parser(PRECISIONS, "auto")),
 }
 
 
