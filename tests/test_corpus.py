@@ -391,8 +391,6 @@ def test_amp_recipe_float16_tracks_float32(wheel_python, tmp_path):
 
 
 @needs_amp_scaler
-@pytest.mark.xfail(strict=True, reason="issue 19 §6 / issue 16 (amp): CUDA autocast runs torch.exp in float32; "
-                   "under torchdevice exp(sim / 0.07) stays float16, overflows to inf and the NT-Xent loss is nan")
 def test_simclr_float16_contrastive_loss(wheel_python, tmp_path):
     cuda, cpu = _two_dirs(tmp_path)
     redirected = ok(run_program(wheel_python, "simclr_amp.py", cwd=cuda))
@@ -408,9 +406,6 @@ _ACCELERATOR_NATIVE = [("torch.accelerator.is_available()", "True"),
 
 
 @needs("torch.accelerator")
-@pytest.mark.xfail(strict=True, reason="issue 19 §5 (accelerator): torch.accelerator.is_available() answers False "
-                   "while torch.cuda.is_available() answers True, so the program takes its CPU branch "
-                   "('Using cpu device', no accelerator loader kwargs)")
 def test_mnist_accelerator_idiom(wheel_python, tmp_path):
     cuda, cpu = _two_dirs(tmp_path)
     redirected = ok(run_program(wheel_python, "mnist_accelerator.py", "--save-model", cwd=cuda))
