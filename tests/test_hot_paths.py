@@ -7,9 +7,20 @@ the wrappers rely on.
 import pytest
 import torch
 
+import torchdevice
 from torchdevice.core import device as core_device
 
 CPU = torch._C.device("cpu")
+
+
+@pytest.fixture
+def patched():
+    """torchdevice active (strict) with 16 CUDA devices, so that every index these tests name
+    (up to 12) exists: an index beyond device_count() fails, as on a GPU (test_device_forms.py)."""
+    torchdevice.unpatch()
+    status = torchdevice.patch(strict=True, device="cpu", device_count=16)
+    yield status
+    torchdevice.unpatch()
 
 
 class Recorder(torch.Tensor):

@@ -42,7 +42,8 @@ def test_device_count_setting(unpatched):
     assert torch.cuda.device_count() == 4
 
 
-def test_current_device_follows_selection(patched):
+def test_current_device_follows_selection(unpatched):
+    torchdevice.patch(strict=True, device="cpu", device_count=4)
     assert torch.cuda.current_device() == 0
     torch.cuda.set_device(1)
     assert torch.cuda.current_device() == 1
@@ -69,7 +70,7 @@ def test_synchronize_and_init_are_harmless(patched):
 
 
 def test_unpatch_resets_selected_index(unpatched):
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", device_count=3)
     torch.cuda.set_device(2)
     torchdevice.unpatch()
-    assert core_device.current_index == 0
+    assert core_device.get_current_index() == 0

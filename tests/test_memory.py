@@ -215,7 +215,7 @@ def test_mem_pool_context_tracks_the_active_pool():
     from torchdevice.ops.memory import management
 
     class State:  # what _mem_pool needs of the area's state
-        def index(self, device):
+        def index(self, device, api):
             return 0
 
     MemPool, MemPoolContext, use_mem_pool = management._mem_pool(State())

@@ -31,7 +31,8 @@ def small_model(seed=0):
 
 
 # -- DataParallel ----------------------------------------------------------------------------------
-def test_data_parallel_matches_plain_model(patched):
+def test_data_parallel_matches_plain_model(unpatched):
+    torchdevice.patch(strict=True, device="cpu", device_count=2)  # device_ids=[0, 1] must exist
     plain = small_model().cuda()
     wrapped = nn.DataParallel(small_model(), device_ids=[0, 1], output_device=0).cuda()
     x = torch.randn(10, 6, device="cuda")
@@ -59,14 +60,16 @@ def test_data_parallel_moves_inputs_to_a_non_cpu_target():
 
 
 # -- DistributedDataParallel device ids ----------------------------------------------------------
-def test_ddp_device_ids_on_cpu_target(patched):
+def test_ddp_device_ids_on_cpu_target(unpatched):
+    torchdevice.patch(strict=True, device="cpu", device_count=2)  # cuda:1 must exist
     cpu = Target("cpu", torch.device("cpu"), True, "test", True, False)
     assert parallel._mapped_ids([0], 0, cpu) == (None, None)
     assert parallel._mapped_ids([torch.device("cuda", 1)], torch.device("cuda:1"), cpu) == (None, None)
     assert parallel._mapped_ids(None, None, cpu) == (None, None)
 
 
-def test_ddp_device_ids_on_mps_target(patched):
+def test_ddp_device_ids_on_mps_target(unpatched):
+    torchdevice.patch(strict=True, device="cpu", device_count=2)  # index 1 must exist
     mps = Target("mps", torch.device("mps", 0), True, "test", False, False)
     assert parallel._mapped_ids([1], 1, mps) == ([0], 0)
 

@@ -18,6 +18,16 @@ from torchdevice.ops.device import redirect
 CPU = torch._C.device("cpu")
 
 
+@pytest.fixture
+def patched():
+    """torchdevice active (strict) with 16 CUDA devices, so that every index these tests name
+    (up to 12) exists: an index beyond device_count() fails, as on a GPU (test_device_forms.py)."""
+    torchdevice.unpatch()
+    status = torchdevice.patch(strict=True, device="cpu", device_count=16)
+    yield status
+    torchdevice.unpatch()
+
+
 # -- torch.device ---------------------------------------------------------------------------
 @pytest.mark.parametrize("args,kwargs", [
     (("cuda",), {}), (("cuda:1",), {}), (("cuda", 0), {}), ((), {"type": "cuda", "index": 0}),
@@ -403,9 +413,10 @@ def test_model_state_dict_round_trip(patched, tmp_path):
 # -- cache ------------------------------------------------------------------------------------
 def test_mapping_cache_is_bounded(patched):
     for i in range(3000):
-        core_device.map_device(f"cuda:{i}")
+        core_device.map_device(f"cpu:{i}")
     assert len(core_device.DEVICE_CACHE) <= core_device._CACHE_LIMIT
-    assert core_device.map_device("cuda:2999") == CPU
+    assert core_device.map_device("cpu:2999") == torch._C.device("cpu", 2999)
+    assert core_device.map_device("cuda:15") == CPU
 
 
 def test_explicit_cpu_stays_cpu_with_numpy(patched):

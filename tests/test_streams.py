@@ -138,7 +138,8 @@ def test_default_and_current_stream(patched):
     assert isinstance(torch.cuda.StreamContext(s1), torch.cuda.StreamContext)
 
 
-def test_current_stream_is_per_thread_and_per_index(patched):
+def test_current_stream_is_per_thread_and_per_index(unpatched):
+    torchdevice.patch(strict=True, device="cpu", device_count=2)  # index 1 must exist
     s = torch.cuda.Stream()
     seen = {}
 

@@ -14,12 +14,26 @@ should get: every CUDA spec (``"cuda"``, ``"cuda:1"``, ``torch.device("cuda",
 it. Results are cached in ``DEVICE_CACHE`` (which also maps every dtype to
 itself, for ``Tensor.to``), a plain dict that the wrappers on
 hot paths read directly: one dict lookup per call, no parsing.
-"""
-import sys
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
 
-from .config import ConfigError, Config, DEVICE
+The device count is one rule (``check_index``): the program sees ``Target.count``
+CUDA devices (``TORCHDEVICE_DEVICE_COUNT``, else at least as many as a launcher
+says it started on this machine, else 1; ``device_count``), and every index that
+enters torchdevice (a spec to map, ``set_device``, a memory or property query, a
+stream) is checked against it, so nothing accepts an index that later code
+rejects. An index beyond the count raises ``InvalidDeviceOrdinal``, the error
+CUDA gives ("invalid device ordinal"). Only valid specs enter ``DEVICE_CACHE``.
+
+The CUDA index the program selected (``set_device``, ``torch.cuda.device``) is
+kept per thread, as CUDA keeps the current device per host thread: a new thread
+starts on index 0.
+"""
+import dataclasses
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from .config import ConfigError, Config, DEVICE, DEVICE_COUNT
 
 
 @dataclass(frozen=True)
@@ -32,14 +46,120 @@ class Target:
     reason: str          # why this target was chosen, for `torchdevice info`
     float64: bool        # whether the target computes in float64
     pinned_memory: bool  # whether page-locked host memory means anything here
+    count: int = 1       # how many CUDA devices the program sees (device_count())
+    count_source: str = "the default"  # why that many, for error messages and `torchdevice info`
 
 
 _target: Optional[Target] = None
 # spec -> mapped spec. Filled lazily by map_device and pre-seeded by select().
 DEVICE_CACHE: Dict[Any, Any] = {}
 _CACHE_LIMIT = 1024
-# The index CUDA code believes is current (torch.cuda.set_device / device()).
-current_index = 0
+# Per thread: .index, the CUDA index the program selected (torch.cuda.set_device / device()).
+_local = threading.local()
+
+
+# -- the device count ---------------------------------------------------------------------
+# Launchers that say how many processes they started on this machine: (variable, who sets it).
+# torchrun sets LOCAL_WORLD_SIZE (so do torch.distributed.launch and `accelerate launch
+# --multi_gpu`, which runs torchrun); the MPI launchers set theirs. Lightning's own launcher
+# and DeepSpeed's set only LOCAL_RANK in the processes they start: a process of local rank r
+# sees at least r + 1 devices, so its set_device(local_rank) is valid.
+LAUNCHER_COUNTS = (
+    ("LOCAL_WORLD_SIZE", "torchrun"),
+    ("OMPI_COMM_WORLD_LOCAL_SIZE", "Open MPI's mpirun"),
+    ("MPI_LOCALNRANKS", "MPICH's mpirun"),
+)
+LOCAL_RANK = "LOCAL_RANK"
+# The most devices torch can index (c10::DeviceIndex is an int8_t).
+MAX_COUNT = 127
+
+
+def _launcher_number(environ, name) -> Optional[int]:
+    """A launcher's variable as a plain non-negative integer, or None (not set, or not a number:
+    the variable is the launcher's, not ours to reject)."""
+    value = (environ.get(name) or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def device_count(config: Config, environ=None) -> Tuple[int, str]:
+    """(count, why): how many CUDA devices the program sees while redirecting.
+
+    ``TORCHDEVICE_DEVICE_COUNT`` (or ``patch(device_count=...)``) decides when given.
+    Otherwise the default (1) is raised to what a launcher says it started on this
+    machine (``LAUNCHER_COUNTS``; ``LOCAL_RANK`` + 1), so that the standard recipe,
+    each rank calling ``torch.cuda.set_device(local_rank)``, works on every rank.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    sources = getattr(config, "sources", None) or {}
+    if DEVICE_COUNT in sources or "device_count" in sources:
+        return config.device_count, f"{DEVICE_COUNT}={config.device_count}"
+    count, why = config.device_count, "the default"
+    for name, launcher in LAUNCHER_COUNTS:
+        number = _launcher_number(env, name)
+        if number is not None and number > count:
+            count, why = number, f"{name}={number}, set by {launcher}"
+    rank = _launcher_number(env, LOCAL_RANK)
+    if rank is not None and rank + 1 > count:
+        count, why = rank + 1, f"{LOCAL_RANK}={rank}, set by the launcher"
+    if count > MAX_COUNT:
+        count, why = MAX_COUNT, f"{why}, capped at {MAX_COUNT} (the most devices torch can index)"
+    return count, why
+
+
+_ordinal_error = None
+
+
+def ordinal_error_type():
+    """``InvalidDeviceOrdinal``: what an index beyond the count raises, as CUDA raises for a
+    device that does not exist. A ``torch.AcceleratorError`` where this torch has it (what CUDA
+    raises there; a RuntimeError everywhere) and an ``AssertionError`` (what torch's own checks
+    in ``get_device_properties``/``can_device_access_peer`` raise), so every handler written
+    for a GPU run catches it. Built once torch is loaded (its base class comes from torch)."""
+    global _ordinal_error
+    if _ordinal_error is None:
+        import torch
+
+        base = getattr(torch, "AcceleratorError", RuntimeError)
+        _ordinal_error = type("InvalidDeviceOrdinal", (base, AssertionError), {
+            "__module__": "torchdevice",
+            "__doc__": "A CUDA device index beyond what torch.cuda.device_count() reports (torchdevice).",
+        })
+    return _ordinal_error
+
+
+def invalid_ordinal(index: int, api: str = "") -> Exception:
+    """The error for ``index`` (see ``ordinal_error_type``), naming the setting that widens the count."""
+    target = _target
+    count = target.count if target is not None else 1
+    source = target.count_source if target is not None else "the default"
+    where = f"{api}: " if api else ""
+    hint = (f"set {DEVICE_COUNT}={index + 1} (or more) to give the program that many CUDA devices "
+            f"(all run on {target.device if target is not None else 'the target'})" if index >= 0
+            else "a CUDA device index is 0 or more")
+    return ordinal_error_type()(
+        f"{where}CUDA error: invalid device ordinal: the program asked for CUDA device {index}, but "
+        f"torch.cuda.device_count() is {count} ({source}); {hint}.")
+
+
+def check_index(index: int, api: str = "") -> int:
+    """The one rule for every CUDA index that enters torchdevice: ``index`` if the program's
+    device count has it, else ``invalid_ordinal`` is raised."""
+    target = _target
+    if 0 <= index < (target.count if target is not None else 1):
+        return index
+    raise invalid_ordinal(index, api)
+
+
+def get_current_index() -> int:
+    """The CUDA index this thread selected (0 until it selects one, as a new CUDA thread)."""
+    return getattr(_local, "index", 0)
+
+
+def set_current_index(index: int, api: str = "torch.cuda.set_device") -> None:
+    """Select ``index`` for this thread (checked: an index beyond the count is refused)."""
+    _local.index = check_index(index, api)
 
 
 def _real_device_type():
@@ -92,7 +212,11 @@ def select(config: Config) -> Target:
     """Decide the target for this activation and seed the mapping cache."""
     global _target, _dynamo_tracing
     if _target is None:
-        _target = detect(config)
+        target = detect(config)
+        if target.redirect:
+            count, why = device_count(config)
+            target = dataclasses.replace(target, count=count, count_source=why)
+        _target = target
         _dynamo_tracing = _dynamo_probe()
         DEVICE_CACHE.clear()
         if _target.redirect:
@@ -112,17 +236,18 @@ def current() -> Optional[Target]:
 
 def reset() -> None:
     """Forget the target (after unpatch), so a new activation detects again."""
-    global _target, current_index
+    global _target, _local
     _target = None
-    current_index = 0
+    _local = threading.local()  # every thread starts on index 0 again
     DEVICE_CACHE.clear()
 
 
 def _seed_cache(target: Target) -> None:
     device_type = _real_device_type()
-    for spec in ("cuda", "cpu", "mps", "meta", *(f"cuda:{i}" for i in range(8))):
+    valid = range(min(target.count, 8))  # only indices the count has: others must raise each time
+    for spec in ("cuda", "cpu", "mps", "meta", *(f"cuda:{i}" for i in valid)):
         map_device(spec)
-    for i in range(8):
+    for i in valid:
         map_device(i)
         map_device(device_type("cuda", i))
     map_device(device_type("cuda"))
@@ -155,10 +280,18 @@ def _map_uncached(spec: Any) -> Any:
         return spec
     device_type = _real_device_type()
     if type(spec) is device_type:
-        return target.device if spec.type == "cuda" else spec
+        if spec.type != "cuda":
+            return spec
+        if spec.index is not None:
+            check_index(spec.index)
+        return target.device
     if isinstance(spec, str):
         parsed = device_type(spec)  # raises torch's own error for "cuda:x", "gpu", ...
-        return target.device if parsed.type == "cuda" else parsed
+        if parsed.type != "cuda":
+            return parsed
+        if parsed.index is not None:
+            check_index(parsed.index)
+        return target.device
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec == -1:
             # x.get_device() answers -1 for a tensor on the CPU target where a GPU answers its
@@ -167,7 +300,8 @@ def _map_uncached(spec: Any) -> Any:
             return target.device
         if spec < 0:
             return spec  # let torch raise its own error for any other negative index
-        return target.device  # torch reads a bare index as a CUDA ordinal
+        check_index(spec)  # torch reads a bare index as a CUDA ordinal
+        return target.device
     return spec
 
 
@@ -181,21 +315,52 @@ def is_cuda_spec(spec: Any) -> bool:
     return isinstance(spec, int) and not isinstance(spec, bool) and spec >= -1  # -1: see _map_uncached
 
 
-def cuda_index(spec: Any) -> int:
-    """The CUDA ordinal a spec names (``current_index`` when it names none)."""
-    device_type = _real_device_type()
+def index_of(spec: Any, optional: bool = True) -> int:
+    """The CUDA ordinal a ``torch.cuda`` device argument names, read as torch's
+    ``torch.cuda._utils._get_device_index(spec, optional)`` reads it on a GPU machine.
+
+    ``N``, ``"cuda:N"`` and ``torch.device("cuda", N)`` name N (returned unchecked: the
+    caller checks it, or treats a negative index as torch does). ``None``, ``"cuda"`` and
+    ``torch.device("cuda")`` name the selected index, or raise torch's ValueError where
+    torch wants an explicit one (``optional=False``: ``set_device``). ``-1`` names the
+    selected index: it is what ``x.get_device()`` answers on the CPU target. A device
+    object of the target's type (``x.device`` of a tensor on the target, which names
+    ``cuda:N`` on a GPU) names the selected index. Anything else raises torch's
+    ValueError ("Expected a cuda device"): a string such as ``"cpu"`` names that device,
+    never the GPU.
+    """
     if spec is None:
-        return current_index
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        return spec
+        if optional:
+            return get_current_index()
+        raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{spec}")
+    if isinstance(spec, int):
+        return get_current_index() if spec == -1 else int(spec)
+    device_type = _real_device_type()
     if isinstance(spec, str):
-        spec = device_type(spec)
+        parsed = device_type(spec)
+        if parsed.type != "cuda":
+            raise ValueError(f"Expected a cuda device, but got: {parsed}")
+        spec = parsed
     if type(spec) is device_type:
-        return current_index if spec.index is None else spec.index
+        if spec.type == "cuda":
+            if spec.index is not None:
+                return spec.index
+            if optional:
+                return get_current_index()
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{spec}")
+        target = _target
+        if target is not None and spec.type == target.type:
+            return get_current_index()
+        raise ValueError(f"Expected a cuda device, but got: {spec}")
     index = getattr(spec, "idx", None)  # torch.cuda.device context objects
     if isinstance(index, int):
-        return index
-    raise ValueError(f"Expected a cuda device, but got: {spec!r}")
+        return get_current_index() if index < 0 else index
+    raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{spec}")
+
+
+def checked_index(spec: Any, api: str = "", optional: bool = True) -> int:
+    """``index_of(spec)`` checked against the device count (the rule of ``check_index``)."""
+    return check_index(index_of(spec, optional), api)
 
 
 _TORCH_PREFIX = "torch."

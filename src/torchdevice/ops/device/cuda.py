@@ -9,8 +9,10 @@ masquerade off. ``torch._C._cuda_getDeviceCount`` is never created on a CPU
 build: torch tests for its existence to decide whether it was built with CUDA.
 
 The CUDA index a program selects (``set_device``, ``torch.cuda.device(i)``) is
-remembered and reported back by ``current_device()``; every index maps to the
-one target device.
+remembered per thread and reported back by ``current_device()``; every index maps
+to the one target device. Every index is checked by the one rule of
+``core/device.check_index``: beyond ``device_count()`` it raises CUDA's
+"invalid device ordinal" error, whichever API it enters by.
 
 Device queries describe the target with facts read from the machine
 (``ops/device/cpu.py``, ``ops/device/mps.py``): ``get_device_name`` is the CPU
@@ -85,16 +87,18 @@ def _for_users(replacement):
 
 
 def _current_device(original):
+    get_current_index = _device.get_current_index
+
     def current_device():
-        return _device.current_index
+        return get_current_index()
     return functools.wraps(original)(current_device)
 
 
 def _set_device(original):
     def set_device(device):
-        index = _device.cuda_index(device)
-        if index >= 0:
-            _device.current_index = index
+        index = _device.index_of(device, optional=False)  # torch: an explicit index is required
+        if index >= 0:  # a negative index is a no-op, as in torch
+            _device.set_current_index(index, "torch.cuda.set_device")
     return functools.wraps(original)(set_device)
 
 
@@ -107,16 +111,16 @@ class device:
     """
 
     def __init__(self, device):
-        self.idx = -1 if device is None else _device.cuda_index(device)
+        self.idx = -1 if device is None else _device.index_of(device)
         self.prev_idx = -1
 
     def __enter__(self):
-        self.prev_idx = _device.current_index
-        if self.idx >= 0:
-            _device.current_index = self.idx
+        self.prev_idx = _device.get_current_index()
+        if self.idx >= 0:  # checked here, where CUDA's cudaSetDevice fails for a missing device
+            _device.set_current_index(self.idx, "torch.cuda.device")
 
     def __exit__(self, *exc):
-        _device.current_index = self.prev_idx
+        _device.set_current_index(self.prev_idx, "torch.cuda.device")
         return False
 
 
@@ -131,9 +135,13 @@ def _synchronize(target):
     def make(original):
         if target.type == "mps":
             def synchronize(device=None):
+                if device is not None:
+                    _device.checked_index(device, "torch.cuda.synchronize")
                 _mps.synchronize()
         else:
             def synchronize(device=None):
+                if device is not None:
+                    _device.checked_index(device, "torch.cuda.synchronize")
                 return None  # CPU ops have completed when they return
         return functools.wraps(original)(synchronize)
     return make
@@ -143,34 +151,6 @@ def _noop(original):
     def noop(*args, **kwargs):
         return None
     return functools.wraps(original)(noop)
-
-
-# -- device indices -----------------------------------------------------------------
-def resolve_index(device, target_type):
-    """The CUDA ordinal a torch.cuda ``device`` argument names.
-
-    ``None``, ``"cuda"`` and the target device itself (what ``torch.device("cuda")``
-    returns while patched) name the selected index; ``"cuda:N"``, ``torch.device("cuda", N)``
-    and ``N`` name N. ``-1`` names the selected index too: it is what ``x.get_device()``
-    answers on the CPU target (core/device.py). Any other device raises torch's ValueError.
-    """
-    if type(device) is int and device == -1:
-        return _device.current_index
-    if isinstance(device, str):
-        device = _RealDevice(device)
-    if type(device) is _RealDevice and device.type == target_type:
-        return _device.current_index
-    if device is None or type(device) is _RealDevice and device.type == "cuda" or (
-            isinstance(device, int) and not isinstance(device, bool)):
-        return _device.cuda_index(device)
-    raise ValueError(f"Expected a cuda device, but got: {device!r}")
-
-
-def checked_index(device, target_type, count, what="device"):
-    index = resolve_index(device, target_type)
-    if index < 0 or index >= count:
-        raise AssertionError(f"Invalid {what} id")
-    return index
 
 
 # -- device properties --------------------------------------------------------------------
@@ -247,13 +227,13 @@ def property_fields(target_type):
                 clock_rate=_cpu.max_clock_khz())
 
 
-def _properties_api(target, count):
+def _properties_api(target):
     """get_device_properties / get_device_name / get_device_capability sharing one cached object."""
     cache = []
     lock = threading.Lock()
 
-    def properties(device=None):
-        checked_index(device, target.type, count)
+    def properties(device=None, api="torch.cuda.get_device_properties"):
+        _device.checked_index(device, api)
         if not cache:
             with lock:
                 if not cache:
@@ -264,10 +244,10 @@ def _properties_api(target, count):
         return properties(device)
 
     def get_device_name(device=None):
-        return properties(device).name
+        return properties(device, "torch.cuda.get_device_name").name
 
     def get_device_capability(device=None):
-        props = properties(device)
+        props = properties(device, "torch.cuda.get_device_capability")
         return props.major, props.minor
 
     return {"get_device_properties": get_device_properties, "get_device_name": get_device_name,
@@ -288,35 +268,36 @@ def _false(original):
     return functools.wraps(original)(answer)
 
 
-def _can_device_access_peer(target, count):
+def _can_device_access_peer(target):
     def make(original):
         def can_device_access_peer(device, peer_device):
-            index = checked_index(device, target.type, count)
-            peer = checked_index(peer_device, target.type, count, "peer device")
+            index = _device.checked_index(device, "torch.cuda.can_device_access_peer")
+            peer = _device.check_index(_device.index_of(peer_device, optional=False),
+                                       "torch.cuda.can_device_access_peer (peer device)")
             return index != peer  # every index is the same memory; CUDA answers False for itself
         return functools.wraps(original)(can_device_access_peer)
     return make
 
 
-def _device_memory_used(target, count):
+def _device_memory_used(target):
     info = _mps.memory_info if target.type == "mps" else _cpu.memory_info
 
     def make(original):
         def device_memory_used(device=None):
-            checked_index(device, target.type, count)
+            _device.checked_index(device, "torch.cuda.device_memory_used")
             free, total = info()
             return total - free
         return functools.wraps(original)(device_memory_used)
     return make
 
 
-def _utilization(target, count):
+def _utilization(target):
     last = [(0, 0)]
     lock = threading.Lock()
 
     def make(original):
         def utilization(device=None):
-            checked_index(device, target.type, count)
+            _device.checked_index(device, "torch.cuda.utilization")
             now = _cpu.cpu_times()
             if now is None:
                 raise unsupported("torch.cuda.utilization()", target.type,
@@ -330,10 +311,10 @@ def _utilization(target, count):
     return make
 
 
-def _clock_rate(target, count):
+def _clock_rate(target):
     def make(original):
         def clock_rate(device=None):
-            checked_index(device, target.type, count)
+            _device.checked_index(device, "torch.cuda.clock_rate")
             khz = _cpu.current_clock_khz()
             if not khz:
                 raise unsupported("torch.cuda.clock_rate()", target.type,
@@ -378,17 +359,17 @@ def records():
 
     target = _device.current()
     cfg = active_config()
-    count = cfg.device_count
+    count = target.count
     on_mps = target.type == "mps"
-    props = _properties_api(target, count)
+    props = _properties_api(target)
     set_sync, get_sync = _sync_debug_mode()
     facts = "the Apple GPU (torch.backends.mps)" if on_mps else "the CPU (/proc/cpuinfo, /proc/meminfo)"
     no_sensor = "there is no NVML sensor for it off NVIDIA hardware"
     out = [
         Patch("torch.cuda", "current_device", _current_device, kind=EMULATED,
-              note="the index selected by set_device/device(), default 0"),
+              note="the index this thread selected by set_device/device(), default 0"),
         Patch("torch.cuda", "set_device", _set_device, kind=EMULATED,
-              note="remembers the index; all map to the target"),
+              note="remembers the index per thread (checked against device_count()); all map to the target"),
         Patch("torch.cuda", "device", lambda original: device, kind=EMULATED, note="selects an index (context)"),
         Patch("torch.cuda", "device_of", lambda original: device_of, kind=EMULATED,
               note="selects the tensor's CUDA index (context); a no-op for tensors on the target"),
@@ -411,10 +392,10 @@ def records():
               else "True; including_emulation=False: whether the CPU has AVX512-BF16/AMX/Arm BF16"),
         Patch("torch.cuda", "is_tf32_supported", _false, kind=EMULATED,
               note="False: no TF32 math on the target (the allow_tf32 flags stay settable)"),
-        Patch("torch.cuda", "can_device_access_peer", _can_device_access_peer(target, count), kind=EMULATED,
+        Patch("torch.cuda", "can_device_access_peer", _can_device_access_peer(target), kind=EMULATED,
               note="True between different valid indices: they are the same memory"),
         Patch("torch.cuda", "ipc_collect", _noop, kind=NOOP, note="no CUDA IPC memory to collect"),
-        Patch("torch.cuda", "device_memory_used", _device_memory_used(target, count), kind=EMULATED,
+        Patch("torch.cuda", "device_memory_used", _device_memory_used(target), kind=EMULATED,
               note="recommended working set minus driver-held memory" if on_mps
               else "RAM in use on the machine: total minus MemAvailable"),
         Patch("torch.cuda", "set_sync_debug_mode", set_sync, kind=NOOP,
@@ -444,9 +425,9 @@ def records():
         ]
     else:
         out += [
-            Patch("torch.cuda", "utilization", _utilization(target, count), kind=EMULATED,
+            Patch("torch.cuda", "utilization", _utilization(target), kind=EMULATED,
                   note="% of CPU time busy (all cores) since the previous call, from /proc/stat"),
-            Patch("torch.cuda", "clock_rate", _clock_rate(target, count), kind=EMULATED,
+            Patch("torch.cuda", "clock_rate", _clock_rate(target), kind=EMULATED,
                   note="mean current CPU clock in MHz from /proc/cpuinfo"),
         ]
     if cfg.masquerade:
@@ -454,7 +435,7 @@ def records():
             Patch("torch.cuda", "is_available", _masquerade(False, True), kind=EMULATED,
                   note="True for user code, the real answer for torch itself"),
             Patch("torch.cuda", "device_count", _masquerade(0, count), kind=EMULATED,
-                  note="TORCHDEVICE_DEVICE_COUNT (default 1) for user code"),
+                  note="TORCHDEVICE_DEVICE_COUNT (default: 1, or as many as a launcher started here) for user code"),
             Patch("torch.cuda", "_is_compiled", _masquerade_original(True), kind=EMULATED,
                   note="True for user code, the real answer for torch itself"),
             # NVML-based counts that libraries (and torch's own device_count) consult.

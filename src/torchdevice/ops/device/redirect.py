@@ -411,14 +411,16 @@ def _recording_tensor_to(original, site, accelerate=None):
 
 
 def _check_cuda_arg(api, spec):
-    """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices.
-
-    A device object that ``torch.device("cuda")`` returned passes: it *is* the
-    target while redirecting.
-    """
-    if spec is not None and not _device.is_cuda_spec(spec):
-        torch_spec = _RealDevice(spec) if isinstance(spec, str) else spec
-        raise RuntimeError(f"{api}: Invalid device, must be cuda device (got {torch_spec!r})")
+    """Tensor.cuda(device) and storage.cuda(device) accept only CUDA devices, and only the
+    indices the program's device count has (core/device.check_index, through map_device)."""
+    if spec is not None:
+        if not _device.is_cuda_spec(spec):
+            torch_spec = _RealDevice(spec) if isinstance(spec, str) else spec
+            raise RuntimeError(f"{api}: Invalid device, must be cuda device (got {torch_spec!r})")
+        try:
+            _device.DEVICE_CACHE[spec]  # a valid index is cached: one lookup
+        except (KeyError, TypeError):
+            _device.map_device(spec)  # raises for an index beyond the count
 
 
 def _modes_check():
@@ -704,15 +706,27 @@ def _set_default_device(original):
 
 
 def _parse_to(original):
-    """``Module.to`` parses its arguments with this; it rejects index -1 before any tensor
-    is moved, so ``model.to(x.get_device())`` needs it mapped here (core/device.py)."""
+    """``Module.to`` parses its arguments with this. torch reads a bare index as a device of
+    the current accelerator (none here) and rejects -1 before any tensor is moved, so
+    ``model.to(rank)`` and ``model.to(x.get_device())`` need the index read as CUDA's here:
+    ``N`` names ``cuda:N`` (checked against the device count), ``-1`` the current device."""
     def parse_to(*args, **kwargs):
-        if args and type(args[0]) is int and args[0] == -1:
-            args = ("cuda", *args[1:])
-        elif type(kwargs.get("device")) is int and kwargs["device"] == -1:
-            kwargs["device"] = "cuda"
+        if args and type(args[0]) is int:
+            args = (_cuda_of_index(args[0]), *args[1:])
+        elif type(kwargs.get("device")) is int:
+            kwargs["device"] = _cuda_of_index(kwargs["device"])
         return original(*args, **kwargs)
     return functools.wraps(original)(parse_to)
+
+
+def _cuda_of_index(index):
+    """What a bare index passed to Module.to names: CUDA device ``index`` (checked), ``"cuda"``
+    for -1; any other negative index is left for torch to reject."""
+    if index == -1:
+        return "cuda"
+    if index < 0:
+        return index
+    return _RealDevice("cuda", _device.check_index(index, "Module.to"))
 
 
 # -- torch.load -----------------------------------------------------------------
@@ -731,8 +745,11 @@ def _map_location(spec, target):
         table = dict(spec)
 
         def by_table(storage, location):
-            location = table.get(location, location)
-            location = str(location) if isinstance(location, _RealDevice) else location
+            if location in table:
+                location = table[location]
+                location = str(location) if isinstance(location, _RealDevice) else location
+                if location.startswith("cuda"):
+                    _device.map_device(location)  # the program's own choice: its index is checked
             return move(storage) if location.startswith("cuda") else restore(storage, location)
         return by_table
     if callable(spec) and not isinstance(spec, (str, _RealDevice)):
@@ -789,7 +806,12 @@ class _LegacyType(type):
     """torch.cuda.FloatTensor and friends: build on the target, check by dtype and device."""
 
     def __call__(cls, *args, **kwargs):
-        kwargs.pop("device", None)
+        device = kwargs.pop("device", None)
+        if device is not None:
+            if not _device.is_cuda_spec(device):
+                raise RuntimeError(f"legacy constructor expects device type: cuda but device type: "
+                                   f"{_RealDevice(device).type if isinstance(device, str) else device.type} was passed")
+            _device.map_device(device)  # an index beyond the device count raises
         made = cls._torchdevice_cpu(*args, **kwargs)
         return made if cls._torchdevice_target.type == "cpu" else made.to(cls._torchdevice_target.device)
 
@@ -1016,8 +1038,8 @@ def records():
         Patch("torch.UntypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch.storage.TypedStorage", "cuda", lambda original: _storage_cuda(target)),
         Patch("torch", "set_default_device", _set_default_device),
-        Patch("torch._C._nn", "_parse_to", _parse_to, note="Module.to: device index -1 (x.get_device() on the "
-              "CPU target) names the current CUDA device"),
+        Patch("torch._C._nn", "_parse_to", _parse_to, note="Module.to: a bare index N names cuda:N (-1, "
+              "x.get_device() on the CPU target, the current CUDA device)"),
         Patch("torch", "set_default_tensor_type", _set_default_tensor_type(target, policy), kind=EMULATED,
               note="legacy CUDA types: that dtype, factories on the target"),
         Patch("torch", "load", _load, note="CUDA-tagged storages load onto the target"),

@@ -31,10 +31,9 @@ import warnings
 import torch
 
 from ...core import device as _device
-from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, UNSUPPORTED, Patch, active_config
+from ...core.patch import EMULATED, NOOP, REDIRECTED, REGISTRY, UNSUPPORTED, Patch
 from ..device import cpu as _cpu
 from ..device import mps as _mps
-from ..device.cuda import checked_index
 from ..device.errors import raiser, unsupported
 from . import stats as _stats
 
@@ -45,9 +44,8 @@ _OWNERS = ("torch.cuda", "torch.cuda.memory")
 class _State:
     """Per-activation memory state: figures (made on first use), fraction, raw blocks, pools."""
 
-    def __init__(self, target, count):
+    def __init__(self, target):
         self.target = target
-        self.count = count
         self._figures = None
         self._lock = threading.Lock()
         self.fraction = 1.0
@@ -63,8 +61,8 @@ class _State:
                 figures = self._figures
         return figures
 
-    def index(self, device):
-        return checked_index(device, self.target.type, self.count)
+    def index(self, device, api):
+        return _device.checked_index(device, api)
 
 
 def _wrap(original, function):
@@ -77,31 +75,31 @@ def _functions(state):
     info = _mps.memory_info if target_type == "mps" else _cpu.memory_info
 
     def memory_stats_as_nested_dict(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.memory_stats_as_nested_dict")
         return _stats.nested_stats(state.figures)
 
     def memory_stats(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.memory_stats")
         return _stats.flatten(_stats.nested_stats(state.figures))
 
     def memory_allocated(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.memory_allocated")
         return state.figures.current()[0]
 
     def memory_reserved(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.memory_reserved")
         return state.figures.current()[1]
 
     def max_memory_allocated(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.max_memory_allocated")
         return state.figures.all()[2]
 
     def max_memory_reserved(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.max_memory_reserved")
         return state.figures.all()[3]
 
     def reset_peak_memory_stats(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.reset_peak_memory_stats")
         state.figures.reset_peaks()
 
     def reset_max_memory_allocated(device=None):
@@ -125,17 +123,17 @@ def _functions(state):
         return max_memory_reserved(device)
 
     def reset_accumulated_memory_stats(device=None):
-        state.index(device)  # the accumulated counters are not tracked (always 0)
+        state.index(device, "torch.cuda.reset_accumulated_memory_stats")  # the accumulated counters are not tracked (always 0)
 
     def memory_summary(device=None, abbreviated=False):
-        index = state.index(device)
+        index = state.index(device, "torch.cuda.memory_summary")
         return _stats.summary(state.figures, target_type, index, abbreviated)
 
     def memory_snapshot(mempool_id=None, include_traces=True):
         return []
 
     def mem_get_info(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.mem_get_info")
         return info()
 
     def empty_cache():
@@ -145,7 +143,7 @@ def _functions(state):
             _cpu.release_free_heap()
 
     def set_per_process_memory_fraction(fraction, device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.set_per_process_memory_fraction")
         if not isinstance(fraction, float):
             raise TypeError("Invalid type for fraction argument, must be `float`")
         if fraction < 0 or fraction > 1:
@@ -155,11 +153,11 @@ def _functions(state):
         state.fraction = fraction
 
     def get_per_process_memory_fraction(device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.get_per_process_memory_fraction")
         return state.fraction
 
     def list_gpu_processes(device=None):
-        index = state.index(device)
+        index = state.index(device, "torch.cuda.list_gpu_processes")
         used = state.figures.current()[0] / (1024 * 1024)
         return f"GPU:{index}\nprocess {os.getpid():>10d} uses {used:>12.3f} MB GPU memory"
 
@@ -176,7 +174,7 @@ def _functions(state):
         return None
 
     def caching_allocator_alloc(size, device=None, stream=None):
-        state.index(device)
+        state.index(device, "torch.cuda.caching_allocator_alloc")
         if size == 0:
             return 0
         block = torch.empty(int(size), dtype=torch.uint8, device=state.target.device)
@@ -204,7 +202,7 @@ def _functions(state):
         return None
 
     def _snapshot(device=None, augment_with_fx_traces=False):
-        return {"segments": [], "device_traces": [[] for _ in range(state.count)]}
+        return {"segments": [], "device_traces": [[] for _ in range(state.target.count)]}
 
     def _dump_snapshot(filename="dump_snapshot.pickle", augment_with_fx_traces=False):
         with open(filename, "wb") as handle:
@@ -280,7 +278,7 @@ def _mem_pool(state):
 
     @contextlib.contextmanager
     def use_mem_pool(pool, device=None):
-        state.index(device)
+        state.index(device, "torch.cuda.use_mem_pool")
         pool._uses += 1
         context = MemPoolContext(pool)
         try:
@@ -353,8 +351,7 @@ _PRIVATE = ("_record_memory_history", "_snapshot", "_dump_snapshot")
 
 def records():
     target = _device.current()
-    cfg = active_config()
-    state = _State(target, cfg.device_count)
+    state = _State(target)
     functions = _functions(state)
     mem_pool, mem_pool_context, use_mem_pool = _mem_pool(state)
     on_mps = target.type == "mps"

@@ -34,7 +34,16 @@ def _names_cuda(spec, target):
     return type(spec) is _RealDevice and spec.type == target.type
 
 
+def _check_ids(device_ids, output_device, api):
+    """The CUDA indices in ``device_ids``/``output_device`` must exist (the device-count rule,
+    core/device.check_index), as on a GPU machine, where a missing one fails."""
+    for spec in [*(device_ids or ()), output_device]:
+        if spec is not None and _device.is_cuda_spec(spec):
+            _device.checked_index(spec, api)
+
+
 def _mapped_ids(device_ids, output_device, target):
+    _check_ids(device_ids, output_device, "DistributedDataParallel")
     if target.type == "cpu":
         ids = None if device_ids is None or all(_names_cuda(d, target) for d in device_ids) else device_ids
         out = None if output_device is None or _names_cuda(output_device, target) else output_device
@@ -75,6 +84,16 @@ def _ddp_init(target):
     return make
 
 
+def _data_parallel_init(original):
+    """DataParallel(module, device_ids, output_device): the indices are checked as on a GPU
+    machine (torch reads each one's properties there); then torch's own constructor, which
+    on a machine without CUDA keeps the module unreplicated."""
+    def __init__(self, module, device_ids=None, output_device=None, dim=0):
+        _check_ids(device_ids, output_device, "DataParallel")
+        return original(self, module, device_ids, output_device, dim)
+    return functools.wraps(original)(__init__)
+
+
 def _to_device(value, device):
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -104,6 +123,8 @@ def records():
     out = [
         Patch("torch.nn.parallel.DistributedDataParallel", "__init__", _ddp_init(target),
               note="CUDA device_ids/output_device name the target"),
+        Patch("torch.nn.parallel.DataParallel", "__init__", _data_parallel_init,
+              note="CUDA device_ids/output_device are checked against device_count()"),
     ]
     if target.type != "cpu":
         out.append(Patch("torch.nn.parallel.DataParallel", "forward", _data_parallel_forward(target.device),

@@ -35,7 +35,7 @@ import torch
 
 from ...core import device as _device
 from ...core.logger import warn_once
-from ...core.patch import REDIRECTED, REGISTRY, Patch, active_config
+from ...core.patch import REDIRECTED, REGISTRY, Patch
 
 AREA = "random"
 # A CUDA generator state: seed (uint64) then Philox offset (int64), little endian.
@@ -91,6 +91,17 @@ def _cuda_state_seed(state):
     return int.from_bytes(bytes(state.reshape(-1)[:8].tolist()), "little")
 
 
+def _rng_index(device, api):
+    """The CUDA index torch.cuda.get/set_rng_state read from ``device`` (torch takes its index
+    whatever its type; no index: the selected one), checked against the device count."""
+    if isinstance(device, str):
+        device = torch._C.device(device)
+    elif isinstance(device, int):
+        device = torch._C.device("cuda", device)
+    index = device.index
+    return _device.get_current_index() if index is None else _device.check_index(index, api)
+
+
 def _api(rng, count):
     """The torch.cuda RNG functions, bound to ``rng``; ``count`` CUDA devices share it."""
 
@@ -110,12 +121,14 @@ def _api(rng, count):
         return rng.initial_seed()
 
     def get_rng_state(device="cuda"):
+        _rng_index(device, "torch.cuda.get_rng_state")
         return rng.get_state()
 
     def get_rng_state_all():
         return [rng.get_state() for _ in range(count)]
 
     def set_rng_state(new_state, device="cuda"):
+        _rng_index(device, "torch.cuda.set_rng_state")
         try:
             rng.set_state(new_state)
         except RuntimeError:
@@ -134,7 +147,7 @@ def _api(rng, count):
         # index wins (the one a single-device program would have used).
         states = list(new_states)
         if states:
-            index = _device.current_index
+            index = _device.get_current_index()
             set_rng_state(states[index] if index < len(states) else states[0])
 
     return {f.__name__: f for f in (manual_seed, manual_seed_all, seed, seed_all, initial_seed, get_rng_state,
@@ -166,15 +179,14 @@ def _adopt(function):
 
 def records():
     target = _device.current()
-    cfg = active_config()
     rng = _mps_rng() if target.type == "mps" else _cpu_rng()
-    api = _api(rng, cfg.device_count)
+    api = _api(rng, target.count)
     out = []
     for owner in ("torch.cuda", "torch.cuda.random"):
         for name, note in _NOTES.items():
             out.append(Patch(owner, name, _adopt(api[name]), kind=REDIRECTED, note=note))
     def generators(original):
-        return () if rng.generator is None else (rng.generator,) * cfg.device_count
+        return () if rng.generator is None else (rng.generator,) * target.count
 
     out.append(Patch("torch.cuda", "default_generators", generators, kind=REDIRECTED,
                      note="the target's default generator, once per CUDA index"))

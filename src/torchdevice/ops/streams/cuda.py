@@ -50,12 +50,12 @@ _active = {"stream_class": None, "defaults": {}, "generation": 0}
 _defaults_lock = threading.Lock()
 
 
-def _index(device):
-    """The CUDA index a stream/device argument names (the selected one for None or negatives)."""
+def _index(device, api="torch.cuda.Stream"):
+    """The CUDA index a stream/device argument names (the selected one for None or -1), checked
+    against the device count as every index is (core/device.check_index)."""
     if device is None:
-        return _device.current_index
-    index = _device.cuda_index(device)
-    return _device.current_index if index < 0 else index
+        return _device.get_current_index()
+    return _device.checked_index(device, api)
 
 
 def _selected():
@@ -91,7 +91,8 @@ class Stream:
         if "stream_id" in kwargs:  # the form torch uses internally
             self.stream_id = int(kwargs["stream_id"])
             index = kwargs.get("device_index")
-            self.device_index = _device.current_index if index is None or index < 0 else int(index)
+            self.device_index = (_device.get_current_index() if index is None or index < 0
+                                 else _device.check_index(int(index), "torch.cuda.Stream"))
         else:
             self.stream_id = next(_stream_ids)
             self.device_index = _index(device)
@@ -207,12 +208,12 @@ def set_stream(stream):
     if stream is None:
         return
     index = getattr(stream, "device_index", -1)
-    _selected()[_device.current_index if index is None or index < 0 else index] = stream
+    _selected()[_device.get_current_index() if index is None or index < 0 else index] = stream
 
 
 def default_stream(device=None):
     r"""Return the default stream (``stream_id`` 0) of a CUDA index (default: the selected one)."""
-    index = _index(device)
+    index = _index(device, "torch.cuda.default_stream")
     defaults = _active["defaults"]
     made = defaults.get(index)
     if made is None:
@@ -225,7 +226,7 @@ def default_stream(device=None):
 
 def current_stream(device=None):
     r"""Return the stream selected on this thread for a CUDA index (default: the selected index)."""
-    made = _selected().get(_index(device) if device is not None else _device.current_index)
+    made = _selected().get(_index(device, "torch.cuda.current_stream"))
     return made if made is not None else default_stream(device)
 
 
