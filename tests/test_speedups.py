@@ -29,7 +29,7 @@ speedups = pytest.importorskip("torchdevice._speedups", reason="the C accelerato
 def mode(request):
     """torchdevice active on the CPU target, with and without the accelerator."""
     torchdevice.unpatch()
-    torchdevice.patch(strict=True, device="cpu", pure_python=request.param == "pure")
+    torchdevice.patch(strict=True, device="cpu", device_count=8, pure_python=request.param == "pure")
     yield request.param
     torchdevice.unpatch()
 
@@ -37,7 +37,7 @@ def mode(request):
 @pytest.fixture
 def accelerated():
     torchdevice.unpatch()
-    torchdevice.patch(strict=True, device="cpu", pure_python=False)
+    torchdevice.patch(strict=True, device="cpu", device_count=8, pure_python=False)
     yield
     torchdevice.unpatch()
 
@@ -164,7 +164,7 @@ def test_every_call_form_gives_the_same_result_with_and_without_the_accelerator(
     results = {}
     for pure in (False, True):
         torchdevice.unpatch()
-        torchdevice.patch(strict=True, device="cpu", pure_python=pure)
+        torchdevice.patch(strict=True, device="cpu", device_count=8, pure_python=pure)
         assert isinstance(torch.zeros, speedups.Forwarder) is not pure
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -177,7 +177,7 @@ def test_every_call_form_gives_the_same_result_with_and_without_the_accelerator(
 def test_pure_python_variable_is_read_at_activation():
     code = """
     import json, types, torch, torchdevice
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", device_count=8)
     print(json.dumps({"zeros": type(torch.zeros).__name__, "to": type(torch.Tensor.to).__name__,
                       "lands": str(torch.zeros(1, device="cuda").device)}))
     """
@@ -230,7 +230,7 @@ def test_report_counts_match_with_and_without_the_accelerator(tmp_path):
     for pure in ("0", "1"):
         out = tmp_path / f"report{pure}.json"
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
-                              env=clean_env(TORCHDEVICE_REPORT=str(out), TORCHDEVICE_PURE_PYTHON=pure))
+                              env=clean_env(TORCHDEVICE_REPORT=str(out), TORCHDEVICE_PURE_PYTHON=pure, TORCHDEVICE_DEVICE_COUNT="2"))
         assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
         rows[pure] = sorted((r["api"], r["line"], r["asked"], r["count"], r.get("via")) for r in
                             json.loads(out.read_text())["calls"])
@@ -265,7 +265,7 @@ def test_forwarders_look_like_the_functions_they_replace(accelerated):
 
 def test_unpatch_restores_the_identical_originals(unpatched):
     before = (torch.zeros, torch.ones, torch.Tensor.to, vars(torch.Tensor).get("to"), torch.Tensor.new_zeros)
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", device_count=8)
     assert isinstance(torch.zeros, speedups.Forwarder)
     torchdevice.unpatch()
     after = (torch.zeros, torch.ones, torch.Tensor.to, vars(torch.Tensor).get("to"), torch.Tensor.new_zeros)
@@ -331,7 +331,7 @@ import json, sys, torch
 if sys.argv[1] == "dynamo-first":
     import torch._dynamo
 import torchdevice
-torchdevice.patch(strict=True, device="cpu")
+torchdevice.patch(strict=True, device="cpu", device_count=8)
 import torch._dynamo
 from torch._dynamo.utils import counters
 from torchdevice import _speedups
@@ -412,7 +412,7 @@ def test_pip_installs_build_the_accelerator(kind, request):
     code = """
     import json, torch, torchdevice
     from torchdevice import _speedups
-    torchdevice.patch(strict=True, device="cpu")
+    torchdevice.patch(strict=True, device="cpu", device_count=8)
     print(json.dumps({"zeros": type(torch.zeros).__name__, "lands": str(torch.zeros(1, device="cuda").device),
                       "file": _speedups.__file__}))
     """
