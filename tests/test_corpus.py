@@ -442,19 +442,6 @@ def _ddp_tutorial_reference(epochs, batch=16):
     return model.weight.detach().flatten().tolist() + model.bias.tolist()
 
 
-def _int_device_means_accelerator():
-    """Whether this torch parses ``Module.to(0)`` as the current accelerator (2.13: and raises
-    without one; 2.2 parses it as cuda:0, which torchdevice maps)."""
-    try:
-        torch._C._nn._parse_to(0)
-    except RuntimeError:
-        return True
-    return False
-
-
-@pytest.mark.xfail(_int_device_means_accelerator(), strict=True,
-                   reason="issue 19 §1 (devices): Trainer's model.to(self.gpu_id) with an int raises "
-                   "'RuntimeError: Cannot access accelerator device when none is available.'")
 def test_ddp_tutorial_torchrun_snapshot_resume(wheel_python, tmp_path):
     first = ok(torchrun(wheel_python, "ddp_tutorial.py", 2, 2, 1, "--batch_size", 16, cwd=tmp_path, timeout=240))
     resumed = ok(torchrun(wheel_python, "ddp_tutorial.py", 2, 3, 1, "--batch_size", 16, cwd=tmp_path, timeout=240))
