@@ -547,7 +547,7 @@ def group_memory(ctx):
     results = {}
     sides = ("torchdevice",) if ctx.mode == "smoke" else ("torchdevice", "native")  # smoke: seconds, not minutes
     for side in sides:
-        env = clean_env(TORCHDEVICE_DISABLE=TRUE)
+        env = clean_env(TORCHDEVICE_DISABLE=TRUE, TORCHDEVICE_DEVICE_COUNT="4")  # the probe cycles cuda:0-3
         out = subprocess.run([sys.executable, str(HERE / "_rss_probe.py"), side, str(ctx.p["memory_steps"]),
                               str(ctx.p["memory_warmup"])], env=env, capture_output=True, text=True)
         if out.returncode != 0:

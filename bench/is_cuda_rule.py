@@ -62,7 +62,7 @@ def install(rule):
     def device(self):
         real = real_device(self)
         if real.type == target_type and user_caller():
-            return cuda_device("cuda", _device.current_index)
+            return cuda_device("cuda", _device.get_current_index())
         return real
 
     saved = {name: torch.Tensor.__dict__.get(name) for name in ("is_cuda", "device")}

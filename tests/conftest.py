@@ -35,7 +35,7 @@ def report_on(path, pure_python):
     report._apis.clear()
     saved = dict(os.environ)
     os.environ.pop(report.SPOOL_ENV, None)
-    torchdevice.patch(strict=True, device="cpu", report=str(path), pure_python=pure_python)
+    torchdevice.patch(strict=True, device="cpu", device_count=8, report=str(path), pure_python=pure_python)
     report.discard()
     try:
         yield report

@@ -141,7 +141,7 @@ def test_python_dash_S_with_explicit_import(wheel_python):
     site = str(venvs.site_packages(wheel_python.parents[1]))
     torch_dir = venvs.parent_site_packages()
     for order in ("import torchdevice\nimport torch", "import torch\nimport torchdevice"):
-        code = f"import sys; sys.path[:0] = [{site!r}, {torch_dir!r}]\n{order}\nprint(torch.zeros(1, device='cuda:1').device)"
+        code = f"import sys; sys.path[:0] = [{site!r}, {torch_dir!r}]\n{order}\nprint(torch.zeros(1, device='cuda:0').device)"
         result = subprocess.run([str(wheel_python), "-S", "-c", code], env=clean_env(), capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, result.stderr

@@ -224,7 +224,7 @@ def test_report_option_and_children_patched(program, tmp_path):
         import subprocess, sys
         import torch
         torch.zeros(1, device="cuda")
-        done = subprocess.run([sys.executable, "-c", "import torch; print(torch.ones(1, device='cuda:1').device)"])
+        done = subprocess.run([sys.executable, "-c", "import torch; print(torch.ones(1, device='cuda:0').device)"])
         sys.exit(done.returncode)
     """)
     (program / "parent.py").write_text(child)
@@ -235,7 +235,7 @@ def test_report_option_and_children_patched(program, tmp_path):
 
     data = json.loads(out.read_text())
     asked = sorted((r["asked"], r["file"]) for r in data["calls"])
-    assert asked == [("cuda", str(program / "parent.py")), ("cuda:1", "<string>")]
+    assert asked == [("cuda", str(program / "parent.py")), ("cuda:0", "<string>")]
     assert len(data["processes"]) == 2
 
 

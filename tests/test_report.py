@@ -226,7 +226,7 @@ import torch
 def train():
     for _ in range(4):
         torch.randn(2, device="cuda")
-    torch.zeros(1, device="cuda:1").cuda()
+    torch.zeros(1, device="cuda:0").cuda()
 train()
 torch.cuda.synchronize()
 print("done")
@@ -246,7 +246,7 @@ def test_stderr_table_sorted_by_count(tmp_path):
     body = [line.split() for line in lines[2:]]
     assert body[0] == ["4", "prog.py:5", "torch.randn", "redirected", "cuda", "cpu"]
     assert sorted(map(tuple, body[1:])) == sorted([
-        ("1", "prog.py:6", "torch.zeros", "redirected", "cuda:1", "cpu"),
+        ("1", "prog.py:6", "torch.zeros", "redirected", "cuda:0", "cpu"),
         ("1", "prog.py:6", "Tensor.cuda", "redirected", "cuda", "cpu"),
         ("1", "prog.py:8", "torch.cuda.synchronize", "no-op", "-", "cpu"),
     ])
@@ -257,7 +257,7 @@ def test_json_report_schema(tmp_path):
     script.write_text(SCRIPT)
     out = tmp_path / "out" / "report.json"
     done = run_python(f"import torchdevice, runpy; runpy.run_path({str(script)!r}, run_name='__main__')",
-                      env=clean_env(TORCHDEVICE_REPORT=str(out), TORCHDEVICE_DEVICE="cpu"), cwd=tmp_path)
+                      env=clean_env(TORCHDEVICE_REPORT=str(out), TORCHDEVICE_DEVICE="cpu", TORCHDEVICE_DEVICE_COUNT="4"), cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     data = json.loads(out.read_text())
     assert set(data) == {"schema", "torchdevice", "torch", "target", "reason", "processes", "calls",

@@ -117,7 +117,8 @@ def test_a_failing_write_leaves_no_temporary_file_and_keeps_the_exit_code(tmp_pa
         resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         sys.exit(3)
     """)
-    done = run(["-m", "torchdevice", "run", "--report", str(out), str(script)], tmp_path)
+    done = run(["-m", "torchdevice", "run", "--report", str(out), str(script)], tmp_path,
+               TORCHDEVICE_DEVICE_COUNT="4")
     assert done.returncode == 3
     assert done.stderr == ("torchdevice: could not write the migration report: OSError: "
                            "[Errno 27] File too large\n")
